@@ -1,0 +1,336 @@
+"""RoI heads of MR R-CNN: torchvision's Mask R-CNN heads (stage 1) followed by the refining module.
+
+Paper sections 3.2-3.3. Stage 1 is torchvision's ``RoIHeads``, unchanged in what it computes and trains.
+The refining module takes stage 1's boxes ``B`` and mask probabilities ``P``:
+
+* refining box head: ``SaRoIAlign(B, P, F)`` -> box head architecture -> logits ``S^r``, refined box ``B^r``;
+* refining mask head (eq. 6): ``F^r = RoIAlign(B^r, F) + conv1x1(mask_head(RoIAlign(B, F)))`` -> mask
+  head and predictor architecture -> ``P^r``;
+* at inference ``S = (S^b + alpha * S^r) / (1 + alpha)`` on the pre-softmax logits of the same detection.
+
+The choices the paper leaves open are in docs/method.md, each with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
+from torchvision.ops import boxes as box_ops
+
+from ..ops import MultiScaleShapeAwareRoIAlign
+
+
+def fuse_scores(stage1_logits: Tensor, refine_logits: Tensor, alpha: float) -> Tensor:
+    """The paper's score fusion ``S = (S^b + alpha * S^r) / (1 + alpha)``, on pre-softmax logits.
+
+    Args:
+        stage1_logits, refine_logits: ``Tensor[N, num_classes]`` logits of the same N detections.
+        alpha: weight of the refining head (``alpha = 0``: stage 1 alone).
+    """
+    return (stage1_logits + alpha * refine_logits) / (1.0 + alpha)
+
+
+def refining_classes(labels: Tensor, class_logits: Tensor) -> Tensor:
+    """The class whose box and mask feed the refining module, for each sampled RoI (training).
+
+    A foreground RoI keeps its ground-truth class; a background RoI gets the pseudo label of paper 3.3,
+    its highest-scoring foreground class.
+
+    Args:
+        labels: ``Int64Tensor[N]`` stage-1 targets, 0 for background.
+        class_logits: ``Tensor[N, num_classes]`` stage-1 logits (column 0 is background).
+    """
+    pseudo = class_logits[:, 1:].argmax(dim=1) + 1
+    return torch.where(labels > 0, labels, pseudo)
+
+
+def _select_class(per_class: Tensor, classes: Tensor) -> Tensor:
+    """``per_class[i, classes[i]]`` for ``per_class: Tensor[N, num_classes, ...]``."""
+    return per_class[torch.arange(classes.shape[0], device=classes.device), classes]
+
+
+class MaskRefiningRoIHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` (with masks) plus the refining module.
+
+    Args:
+        *args, **kwargs: those of ``RoIHeads``; ``mask_roi_pool``, ``mask_head`` and ``mask_predictor`` are
+            required.
+        alpha: weight of the refined logits in the score fusion; may be changed after training.
+        shape_aware: pool the refining box head's features with Shape-aware RoIAlign (False: plain
+            RoIAlign, the paper's "RM without SARA").
+        refine_cls: use (and train) the refined classification; False keeps stage 1's scores.
+        refine_reg: use (and train) the refined box regression; False keeps stage 1's boxes.
+    """
+
+    refining_parameter_prefixes = (
+        "roi_heads.refine_box_head.",
+        "roi_heads.refine_box_predictor.",
+        "roi_heads.mask_flow.",
+        "roi_heads.refine_mask_head.",
+        "roi_heads.refine_mask_predictor.",
+    )
+
+    def __init__(
+        self,
+        *args,
+        alpha: float = 1.0,
+        shape_aware: bool = True,
+        refine_cls: bool = True,
+        refine_reg: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.has_mask():
+            raise ValueError("MaskRefiningRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = alpha
+        self.shape_aware = shape_aware
+        self.refine_cls = refine_cls
+        self.refine_reg = refine_reg
+        pool = self.box_roi_pool
+        self.refine_box_roi_pool = MultiScaleShapeAwareRoIAlign(
+            pool.featmap_names, pool.output_size, pool.sampling_ratio, canonical_scale=pool.canonical_scale,
+            canonical_level=pool.canonical_level,
+        )
+        self.refine_box_head = copy.deepcopy(self.box_head)
+        self.refine_box_predictor = copy.deepcopy(self.box_predictor)
+        mask_channels = [m for m in self.mask_head.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        pooled_channels = [m for m in self.mask_head.modules() if isinstance(m, nn.Conv2d)][0].in_channels
+        # Zero-initialised so that, initialised from stage 1, the refining mask head starts as stage 1's.
+        self.mask_flow = nn.Conv2d(mask_channels, pooled_channels, kernel_size=1)
+        nn.init.zeros_(self.mask_flow.weight)
+        nn.init.zeros_(self.mask_flow.bias)
+        self.refine_mask_head = copy.deepcopy(self.mask_head)
+        self.refine_mask_predictor = copy.deepcopy(self.mask_predictor)
+
+    @torch.no_grad()
+    def init_refining_from_base(self) -> None:
+        """Copy stage 1's box head, box predictor, mask head and mask predictor into the refining heads."""
+        for base, refining in (
+            (self.box_head, self.refine_box_head),
+            (self.box_predictor, self.refine_box_predictor),
+            (self.mask_head, self.refine_mask_head),
+            (self.mask_predictor, self.refine_mask_predictor),
+        ):
+            refining.load_state_dict(base.state_dict())
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: Optional[list[dict[str, Tensor]]] = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Stage 1 and the refining module.
+
+        Args:
+            features: FPN maps ``Tensor[B, C, H_l, W_l]`` by name.
+            proposals: one ``Tensor[P_i, 4]`` per image (x1, y1, x2, y2, resized-image pixels).
+            image_shapes: (height, width) of each resized image.
+            targets: in training, torchvision's per-image dicts with ``boxes``, ``labels``, ``masks``.
+
+        Returns:
+            Training: ``({}, losses)`` with torchvision's three head losses plus ``loss_refine_classifier``
+            (when ``refine_cls``), ``loss_refine_box_reg`` (when ``refine_reg``) and ``loss_refine_mask``.
+            Eval: per image ``boxes: Tensor[D, 4]``, ``labels: Int64Tensor[D]``, ``scores: Tensor[D]``,
+            ``masks: Tensor[D, 1, M, M]`` (probabilities in the box frame), and ``{}``.
+        """
+        # All four poolings read the same maps: make them channels-last once.
+        features = {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
+        if self.training:
+            return [], self._forward_train(features, proposals, image_shapes, targets)
+        return self._forward_eval(features, proposals, image_shapes), {}
+
+    def _stage1_masks(
+        self, features: dict[str, Tensor], boxes: list[Tensor], classes: Tensor, image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Stage 1's mask head on ``boxes``: its conv features ``Tensor[N, C, M/2, M/2]`` (the input of the
+        mask flow) and the mask probabilities ``Tensor[N, M, M]`` of ``classes``."""
+        mask_features = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+        probabilities = _select_class(self.mask_predictor(mask_features), classes).sigmoid()
+        return mask_features, probabilities
+
+    def _refine_boxes(
+        self, features: dict[str, Tensor], boxes: list[Tensor], probabilities: Tensor, image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Refining box head: logits ``Tensor[N, num_classes]`` and deltas ``Tensor[N, num_classes * 4]``."""
+        masks = probabilities if self.shape_aware else None
+        pooled = self.refine_box_roi_pool(features, boxes, image_shapes, masks)
+        return self.refine_box_predictor(self.refine_box_head(pooled))
+
+    def _refine_masks(
+        self,
+        features: dict[str, Tensor],
+        refined_boxes: list[Tensor],
+        stage1_mask_features: Tensor,
+        image_shapes: list[tuple[int, int]],
+    ) -> Tensor:
+        """Refining mask head on eq. 6's ``RoIAlign(B^r, F) + F^-``: logits ``Tensor[N, num_classes, M, M]``."""
+        pooled = self.mask_roi_pool(features, refined_boxes, image_shapes) + self.mask_flow(stage1_mask_features)
+        return self.refine_mask_predictor(self.refine_mask_head(pooled))
+
+    def _decode(self, deltas: Tensor, boxes: Tensor, classes: Tensor, image_shapes, counts: list[int]) -> list[Tensor]:
+        """Boxes ``boxes`` moved by the class-``classes`` column of ``deltas``, clipped, split per image."""
+        decoded = _select_class(self.box_coder.decode(deltas, [boxes]), classes)
+        return [
+            box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(decoded.split(counts), image_shapes)
+        ]
+
+    def _forward_train(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: Optional[list[dict[str, Tensor]]],
+    ) -> dict[str, Tensor]:
+        self.check_targets(targets)
+        # Stage 1: torchvision's Mask R-CNN heads and losses.
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
+        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        positive = [torch.where(lab > 0)[0] for lab in labels]
+        mask_proposals = [p[i] for p, i in zip(proposals, positive)]
+        mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+        gt_masks = [t["masks"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        losses = {
+            "loss_classifier": loss_classifier,
+            "loss_box_reg": loss_box_reg,
+            "loss_mask": maskrcnn_loss(
+                mask_logits, mask_proposals, gt_masks, gt_labels, [m[i] for m, i in zip(matched_idxs, positive)]
+            ),
+        }
+
+        # Refining module on every sampled RoI: its stage-1 box and mask of its (pseudo) class. Stage 1's
+        # outputs are inputs here, not trained through: stage 1 keeps exactly Mask R-CNN's objective.
+        counts = [p.shape[0] for p in proposals]
+        labels_all = torch.cat(labels)
+        with torch.no_grad():
+            classes = refining_classes(labels_all, class_logits)
+            boxes = self._decode(box_regression, torch.cat(proposals), classes, image_shapes, counts)
+            stage1_mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
+        # Targets re-assigned by IoU of the stage-1 boxes with the ground truth, as a cascade stage does.
+        refine_matched, refine_labels = self.assign_targets_to_proposals(
+            boxes, [t["boxes"] for t in targets], gt_labels
+        )
+        matched_gt_boxes = [
+            (t["boxes"] if t["boxes"].numel() else t["boxes"].new_zeros(1, 4))[m] for t, m in zip(targets, refine_matched)
+        ]
+        refine_targets = self.box_coder.encode(matched_gt_boxes, boxes)
+        refine_logits, refine_deltas = self._refine_boxes(features, boxes, probabilities, image_shapes)
+        loss_refine_classifier, loss_refine_box_reg = fastrcnn_loss(
+            refine_logits, refine_deltas, refine_labels, refine_targets
+        )
+        if self.refine_cls:
+            losses["loss_refine_classifier"] = loss_refine_classifier
+        if self.refine_reg:
+            losses["loss_refine_box_reg"] = loss_refine_box_reg
+
+        refine_labels_all = torch.cat(refine_labels)
+        refine_positive = torch.where(refine_labels_all > 0)[0]
+        positive_counts = [int((lab > 0).sum()) for lab in refine_labels]
+        if self.refine_reg:
+            refined = self._decode(
+                refine_deltas.detach()[refine_positive],
+                torch.cat(boxes)[refine_positive],
+                refine_labels_all[refine_positive],
+                image_shapes,
+                positive_counts,
+            )
+        else:
+            refined = [b[lab > 0] for b, lab in zip(boxes, refine_labels)]
+        refine_mask_logits = self._refine_masks(
+            features, refined, stage1_mask_features[refine_positive], image_shapes
+        )
+        losses["loss_refine_mask"] = maskrcnn_loss(
+            refine_mask_logits, refined, gt_masks, gt_labels, [m[lab > 0] for m, lab in zip(refine_matched, refine_labels)]
+        )
+        return losses
+
+    def _forward_eval(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
+        # Stage 1's detections, as torchvision's Mask R-CNN outputs them, with the logits they came from.
+        boxes, scores, labels, source = self.stage1_detections(class_logits, box_regression, proposals, image_shapes)
+        counts = [b.shape[0] for b in boxes]
+        labels_all = torch.cat(labels)
+        stage1_logits = class_logits[torch.cat(source)]
+        stage1_mask_features, probabilities = self._stage1_masks(features, boxes, labels_all, image_shapes)
+
+        refine_logits, refine_deltas = self._refine_boxes(features, boxes, probabilities, image_shapes)
+        if self.refine_cls:
+            fused = fuse_scores(stage1_logits, refine_logits, self.alpha)
+            scores_all = _select_class(F.softmax(fused, -1), labels_all)
+        else:
+            scores_all = torch.cat(scores)
+        if self.refine_reg:
+            refined = self._decode(refine_deltas, torch.cat(boxes), labels_all, image_shapes, counts)
+        else:
+            refined = boxes
+
+        results, keep_all, offset = [], [], 0
+        for boxes_i, scores_i, labels_i in zip(refined, scores_all.split(counts), labels):
+            keep = torch.where(scores_i > self.score_thresh)[0]
+            keep = keep[box_ops.remove_small_boxes(boxes_i[keep], min_size=1e-2)]
+            keep = keep[box_ops.batched_nms(boxes_i[keep], scores_i[keep], labels_i[keep], self.nms_thresh)]
+            keep = keep[: self.detections_per_img]
+            results.append({"boxes": boxes_i[keep], "labels": labels_i[keep], "scores": scores_i[keep]})
+            keep_all.append(keep + offset)
+            offset += boxes_i.shape[0]
+        keep_all = torch.cat(keep_all)
+        kept_labels = labels_all[keep_all]
+        mask_logits = self._refine_masks(
+            features, [r["boxes"] for r in results], stage1_mask_features[keep_all], image_shapes
+        )
+        masks = _select_class(mask_logits, kept_labels).sigmoid()[:, None]
+        for result, masks_i in zip(results, masks.split([r["boxes"].shape[0] for r in results])):
+            result["masks"] = masks_i
+        return results
+
+    def stage1_detections(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """torchvision's ``RoIHeads.postprocess_detections``, step for step, that also returns ``source``:
+        for each detection the row of ``class_logits`` (its proposal) it came from, so that ``S^b`` can be
+        fused with the refined logits of the same detection."""
+        device = class_logits.device
+        num_classes = class_logits.shape[-1]
+        counts = [p.shape[0] for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)
+        pred_scores = F.softmax(class_logits, -1)
+        rows = torch.arange(class_logits.shape[0], device=device)
+
+        all_boxes, all_scores, all_labels, all_source = [], [], [], []
+        for boxes, scores, source, image_shape in zip(
+            pred_boxes.split(counts), pred_scores.split(counts), rows.split(counts), image_shapes
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
+            source = source.view(-1, 1).expand_as(scores)
+            boxes, scores, labels, source = boxes[:, 1:], scores[:, 1:], labels[:, 1:], source[:, 1:]
+            boxes, scores, labels, source = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), source.reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels, source = boxes[keep], scores[keep], labels[keep], source[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels, source = boxes[keep], scores[keep], labels[keep], source[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+            all_source.append(source[keep])
+        return all_boxes, all_scores, all_labels, all_source
