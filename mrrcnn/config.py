@@ -15,8 +15,9 @@ A configuration has four sections (see ``configs/`` for complete examples):
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -89,7 +90,9 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or len(parts) < 2 or not all(parts):
             raise ValueError(f"override {override!r} must look like section.key=value")
         if parts[0] not in SECTIONS:
-            raise ValueError(f"override {override!r}: unknown section {parts[0]!r}; sections are {list(SECTIONS)}")
+            raise ValueError(
+                f"override {override!r}: unknown section {parts[0]!r}; sections are {list(SECTIONS)}"
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -103,12 +106,14 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return config
 
 
-def load_config(path: str | Path, overrides: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Read ``path`` (following ``_base_``), fill in :data:`DEFAULTS`, then apply ``overrides``."""
     config = apply_overrides(_merge(DEFAULTS, _read(Path(path))), overrides or ())
     unknown = set(config["train"]) - set(DEFAULTS["train"])
     if unknown:
-        raise ValueError(f"{path}: unknown train key(s) {sorted(unknown)}; known: {sorted(DEFAULTS['train'])}")
+        raise ValueError(
+            f"{path}: unknown train key(s) {sorted(unknown)}; known: {sorted(DEFAULTS['train'])}"
+        )
     if "name" not in config["model"]:
         raise ValueError(f"{path}: model.name is missing (one of mrrcnn.models.MODELS)")
     return config

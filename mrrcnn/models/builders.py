@@ -8,13 +8,19 @@ RoIAlign, to float rounding, several times faster on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import ResNet101_Weights, ResNet50_Weights, ResNeXt101_32X8D_Weights, WeightsEnum
-from torchvision.models import resnet
+from torchvision.models import (
+    ResNet50_Weights,
+    ResNet101_Weights,
+    ResNeXt101_32X8D_Weights,
+    WeightsEnum,
+    resnet,
+)
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
@@ -27,7 +33,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..ops import MultiScaleShapeAwareRoIAlign
 from .mask_refining_rcnn import MaskRefiningRCNN
 
-WeightsLike = Union[None, str, Path, WeightsEnum]
+WeightsLike = str | Path | WeightsEnum | None
 
 # (torchvision trunk, its ImageNet weights enum, torchvision's COCO Mask R-CNN weights enum if any)
 _TRUNKS = {
@@ -45,7 +51,7 @@ def _fast_poolers() -> dict[str, MultiScaleShapeAwareRoIAlign]:
     }
 
 
-def _weights_enum(weights: WeightsLike, enum: Optional[type[WeightsEnum]], what: str) -> Optional[WeightsEnum]:
+def _weights_enum(weights: WeightsLike, enum: type[WeightsEnum] | None, what: str) -> WeightsEnum | None:
     """A torchvision weights enum from itself or its name (``"COCO_V1"``, ``"DEFAULT"``, ``"Enum.NAME"``)."""
     if weights is None or isinstance(weights, WeightsEnum):
         return weights
@@ -58,7 +64,7 @@ def _weights_enum(weights: WeightsLike, enum: Optional[type[WeightsEnum]], what:
         raise ValueError(f"{what}={weights!r} is neither a file nor one of {enum.__name__}: {names}") from e
 
 
-def load_base_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+def load_base_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights from a checkpoint file: a bare ``state_dict`` or an mrrcnn checkpoint's ``"model"``."""
     path = Path(path)
     try:
@@ -72,7 +78,9 @@ def load_base_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_base(model: MaskRCNN, base_weights: WeightsLike, enum: Optional[type[WeightsEnum]], progress: bool) -> None:
+def _load_base(
+    model: MaskRCNN, base_weights: WeightsLike, enum: type[WeightsEnum] | None, progress: bool
+) -> None:
     """Load a Mask R-CNN's weights into ``model``; only a refining module's own weights may be missing."""
     if base_weights is None:
         return
@@ -100,19 +108,23 @@ def _build_fpn(
     *,
     base_weights: WeightsLike = None,
     weights_backbone: WeightsLike = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
+    num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> MaskRCNN:
     build_trunk, backbone_enum, coco_enum = _TRUNKS[trunk]
     from_file = isinstance(base_weights, (str, Path)) and Path(base_weights).is_file()
-    coco = None if base_weights is None or from_file else _weights_enum(base_weights, coco_enum, "base_weights")
+    coco = (
+        None if base_weights is None or from_file else _weights_enum(base_weights, coco_enum, "base_weights")
+    )
     if coco is not None:
         weights_backbone = None
         num_classes = num_classes or len(coco.meta["categories"])
         if num_classes != len(coco.meta["categories"]):
-            raise ValueError(f"num_classes={num_classes}, but base_weights={coco} has {len(coco.meta['categories'])}")
+            raise ValueError(
+                f"num_classes={num_classes}, but base_weights={coco} has {len(coco.meta['categories'])}"
+            )
     weights_backbone = _weights_enum(weights_backbone, backbone_enum, "weights_backbone")
     is_trained = base_weights is not None or weights_backbone is not None
     if trainable_backbone_layers is None:
@@ -132,7 +144,7 @@ def _build_small(
     refining: bool,
     *,
     num_classes: int,
-    base_weights: Union[None, str, Path] = None,
+    base_weights: None | str | Path = None,
     channels: int = 64,
     representation_size: int = 256,
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
@@ -151,7 +163,9 @@ def _build_small(
     defaults = dict(
         min_size=160,
         max_size=160,
-        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+        rpn_anchor_generator=AnchorGenerator(
+            tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+        ),
         box_head=TwoMLPHead(channels * 7 * 7, representation_size),
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
         mask_head=MaskRCNNHeads(channels, [channels] * 4, 1),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -33,7 +33,7 @@ class MaskRefiningRCNN(MaskRCNN):
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         *,
         alpha: float = 1.0,
         shape_aware: bool = True,

@@ -14,7 +14,6 @@ The choices the paper leaves open are in docs/method.md, each with its reason.
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,13 +94,16 @@ class MaskRefiningRoIHeads(RoIHeads):
         self.refine_reg = refine_reg
         pool = self.box_roi_pool
         self.refine_box_roi_pool = MultiScaleShapeAwareRoIAlign(
-            pool.featmap_names, pool.output_size, pool.sampling_ratio, canonical_scale=pool.canonical_scale,
+            pool.featmap_names,
+            pool.output_size,
+            pool.sampling_ratio,
+            canonical_scale=pool.canonical_scale,
             canonical_level=pool.canonical_level,
         )
         self.refine_box_head = copy.deepcopy(self.box_head)
         self.refine_box_predictor = copy.deepcopy(self.box_predictor)
         mask_channels = [m for m in self.mask_head.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-        pooled_channels = [m for m in self.mask_head.modules() if isinstance(m, nn.Conv2d)][0].in_channels
+        pooled_channels = next(m for m in self.mask_head.modules() if isinstance(m, nn.Conv2d)).in_channels
         # Zero-initialised so that, initialised from stage 1, the refining mask head starts as stage 1's.
         self.mask_flow = nn.Conv2d(mask_channels, pooled_channels, kernel_size=1)
         nn.init.zeros_(self.mask_flow.weight)
@@ -125,7 +127,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-        targets: Optional[list[dict[str, Tensor]]] = None,
+        targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Stage 1 and the refining module.
 
@@ -148,7 +150,11 @@ class MaskRefiningRoIHeads(RoIHeads):
         return self._forward_eval(features, proposals, image_shapes), {}
 
     def _stage1_masks(
-        self, features: dict[str, Tensor], boxes: list[Tensor], classes: Tensor, image_shapes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        classes: Tensor,
+        image_shapes: list[tuple[int, int]],
     ) -> tuple[Tensor, Tensor]:
         """Stage 1's mask head on ``boxes``: its conv features ``Tensor[N, C, M/2, M/2]`` (the input of the
         mask flow) and the mask probabilities ``Tensor[N, M, M]`` of ``classes``."""
@@ -157,7 +163,11 @@ class MaskRefiningRoIHeads(RoIHeads):
         return mask_features, probabilities
 
     def _refine_boxes(
-        self, features: dict[str, Tensor], boxes: list[Tensor], probabilities: Tensor, image_shapes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        probabilities: Tensor,
+        image_shapes: list[tuple[int, int]],
     ) -> tuple[Tensor, Tensor]:
         """Refining box head: logits ``Tensor[N, num_classes]`` and deltas ``Tensor[N, num_classes * 4]``."""
         masks = probabilities if self.shape_aware else None
@@ -172,22 +182,53 @@ class MaskRefiningRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> Tensor:
         """Refining mask head on eq. 6's ``RoIAlign(B^r, F) + F^-``: logits ``Tensor[N, num_classes, M, M]``."""
-        pooled = self.mask_roi_pool(features, refined_boxes, image_shapes) + self.mask_flow(stage1_mask_features)
+        pooled = self.mask_roi_pool(features, refined_boxes, image_shapes) + self.mask_flow(
+            stage1_mask_features
+        )
         return self.refine_mask_predictor(self.refine_mask_head(pooled))
 
-    def _decode(self, deltas: Tensor, boxes: Tensor, classes: Tensor, image_shapes, counts: list[int]) -> list[Tensor]:
+    def _decode(
+        self, deltas: Tensor, boxes: Tensor, classes: Tensor, image_shapes, counts: list[int]
+    ) -> list[Tensor]:
         """Boxes ``boxes`` moved by the class-``classes`` column of ``deltas``, clipped, split per image."""
-        decoded = _select_class(self.box_coder.decode(deltas, [boxes]), classes)
+        decoded = self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], deltas.shape[1] // 4, 4)
+        decoded = _select_class(decoded, classes)
         return [
             box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(decoded.split(counts), image_shapes)
         ]
+
+    def assign_refining_targets(
+        self, boxes: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Targets of the refining box head, re-assigned by IoU of its input boxes with the ground truth, as
+        a cascade stage does (same matcher thresholds and box coder as stage 1).
+
+        Args:
+            boxes: per image ``Tensor[N_i, 4]``, the stage-1 boxes fed to the refining module.
+            targets: per image dicts with ``boxes: Tensor[G_i, 4]`` and ``labels: Int64Tensor[G_i]``.
+
+        Returns:
+            Per image: ``matched_idxs: Int64Tensor[N_i]`` (ground-truth index, 0 where unmatched),
+            ``labels: Int64Tensor[N_i]`` (0 for background), ``regression_targets: Tensor[N_i, 4]``.
+        """
+        gt_boxes = [t["boxes"].to(boxes[0].dtype) for t in targets]
+        matched_idxs, labels = self.assign_targets_to_proposals(
+            boxes, gt_boxes, [t["labels"] for t in targets]
+        )
+        # Boxes between the matcher's thresholds (-1, only when fg and bg thresholds differ) are background:
+        # the refining stage keeps every box it is given, as a cascade stage does.
+        labels = [lab.clamp(min=0) for lab in labels]
+        matched_gt_boxes = [
+            (gt if gt.numel() else gt.new_zeros(1, 4))[matched] for gt, matched in zip(gt_boxes, matched_idxs)
+        ]
+        return matched_idxs, labels, self.box_coder.encode(matched_gt_boxes, boxes)
 
     def _forward_train(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-        targets: Optional[list[dict[str, Tensor]]],
+        targets: list[dict[str, Tensor]] | None,
     ) -> dict[str, Tensor]:
         self.check_targets(targets)
         # Stage 1: torchvision's Mask R-CNN heads and losses.
@@ -195,17 +236,25 @@ class MaskRefiningRoIHeads(RoIHeads):
         class_logits, box_regression = self.box_predictor(
             self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         )
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        loss_classifier, loss_box_reg = fastrcnn_loss(
+            class_logits, box_regression, labels, regression_targets
+        )
         positive = [torch.where(lab > 0)[0] for lab in labels]
         mask_proposals = [p[i] for p, i in zip(proposals, positive)]
-        mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+        mask_logits = self.mask_predictor(
+            self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
+        )
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
         losses = {
             "loss_classifier": loss_classifier,
             "loss_box_reg": loss_box_reg,
             "loss_mask": maskrcnn_loss(
-                mask_logits, mask_proposals, gt_masks, gt_labels, [m[i] for m, i in zip(matched_idxs, positive)]
+                mask_logits,
+                mask_proposals,
+                gt_masks,
+                gt_labels,
+                [m[i] for m, i in zip(matched_idxs, positive)],
             ),
         }
 
@@ -217,14 +266,7 @@ class MaskRefiningRoIHeads(RoIHeads):
             classes = refining_classes(labels_all, class_logits)
             boxes = self._decode(box_regression, torch.cat(proposals), classes, image_shapes, counts)
             stage1_mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
-        # Targets re-assigned by IoU of the stage-1 boxes with the ground truth, as a cascade stage does.
-        refine_matched, refine_labels = self.assign_targets_to_proposals(
-            boxes, [t["boxes"] for t in targets], gt_labels
-        )
-        matched_gt_boxes = [
-            (t["boxes"] if t["boxes"].numel() else t["boxes"].new_zeros(1, 4))[m] for t, m in zip(targets, refine_matched)
-        ]
-        refine_targets = self.box_coder.encode(matched_gt_boxes, boxes)
+        refine_matched, refine_labels, refine_targets = self.assign_refining_targets(boxes, targets)
         refine_logits, refine_deltas = self._refine_boxes(features, boxes, probabilities, image_shapes)
         loss_refine_classifier, loss_refine_box_reg = fastrcnn_loss(
             refine_logits, refine_deltas, refine_labels, refine_targets
@@ -251,7 +293,11 @@ class MaskRefiningRoIHeads(RoIHeads):
             features, refined, stage1_mask_features[refine_positive], image_shapes
         )
         losses["loss_refine_mask"] = maskrcnn_loss(
-            refine_mask_logits, refined, gt_masks, gt_labels, [m[lab > 0] for m, lab in zip(refine_matched, refine_labels)]
+            refine_mask_logits,
+            refined,
+            gt_masks,
+            gt_labels,
+            [m[lab > 0] for m, lab in zip(refine_matched, refine_labels)],
         )
         return losses
 
@@ -262,7 +308,9 @@ class MaskRefiningRoIHeads(RoIHeads):
             self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         )
         # Stage 1's detections, as torchvision's Mask R-CNN outputs them, with the logits they came from.
-        boxes, scores, labels, source = self.stage1_detections(class_logits, box_regression, proposals, image_shapes)
+        boxes, scores, labels, source = self.stage1_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
         counts = [b.shape[0] for b in boxes]
         labels_all = torch.cat(labels)
         stage1_logits = class_logits[torch.cat(source)]
@@ -323,7 +371,12 @@ class MaskRefiningRoIHeads(RoIHeads):
             labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
             source = source.view(-1, 1).expand_as(scores)
             boxes, scores, labels, source = boxes[:, 1:], scores[:, 1:], labels[:, 1:], source[:, 1:]
-            boxes, scores, labels, source = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), source.reshape(-1)
+            boxes, scores, labels, source = (
+                boxes.reshape(-1, 4),
+                scores.reshape(-1),
+                labels.reshape(-1),
+                source.reshape(-1),
+            )
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels, source = boxes[keep], scores[keep], labels[keep], source[keep]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
@@ -25,7 +23,7 @@ class MultiScaleShapeAwareRoIAlign(MultiScaleRoIAlign):
         x: dict[str, Tensor],
         boxes: list[Tensor],
         image_shapes: list[tuple[int, int]],
-        masks: Optional[Union[Tensor, list[Tensor]]] = None,
+        masks: Tensor | list[Tensor] | None = None,
     ) -> Tensor:
         """Pool ``Tensor[K, C, oh, ow]`` features for the ``K = sum L_i`` boxes.
 
@@ -47,8 +45,10 @@ class MultiScaleShapeAwareRoIAlign(MultiScaleRoIAlign):
             masks = torch.cat(list(masks)) if masks else None
         rois = _convert_to_roi_format(boxes)
         if masks is not None and masks.shape[0] != rois.shape[0]:
-            raise ValueError(f"masks holds {masks.shape[0]} maps for {rois.shape[0]} boxes; it needs one per box")
-        pool = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio)
+            raise ValueError(
+                f"masks holds {masks.shape[0]} maps for {rois.shape[0]} boxes; it needs one per box"
+            )
+        pool = {"output_size": self.output_size, "sampling_ratio": self.sampling_ratio}
         if len(features) == 1:
             return shape_aware_roi_align(features[0], rois, masks, spatial_scale=self.scales[0], **pool)
 

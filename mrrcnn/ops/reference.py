@@ -8,9 +8,7 @@ autograd through it gives reference gradients too. Conventions are those documen
 from __future__ import annotations
 
 import math
-from typing import Optional
 
-import torch
 from torch import Tensor
 
 
@@ -64,7 +62,7 @@ def _mask_probability(mask: Tensor, u: float, v: float) -> Tensor:
 def shape_aware_roi_align_reference(
     input: Tensor,
     rois: Tensor,
-    masks: Optional[Tensor],
+    masks: Tensor | None,
     output_size: tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,

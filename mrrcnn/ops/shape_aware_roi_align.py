@@ -11,16 +11,15 @@ features (a scatter-add of the same weights) and for the per-entry weights, and 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BoxesLike = Union[Tensor, list[Tensor], tuple[Tensor, ...]]
+BoxesLike = Tensor | list[Tensor] | tuple[Tensor, ...]
 
 
-def _pair(output_size: Union[int, tuple[int, int], list[int]]) -> tuple[int, int]:
+def _pair(output_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(output_size, int):
         size = (output_size, output_size)
     else:
@@ -66,9 +65,7 @@ def _describe(x: object) -> str:
     return f"Tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
-def _axis_samples(
-    start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int
-) -> tuple[Tensor, Tensor]:
+def _axis_samples(start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int) -> tuple[Tensor, Tensor]:
     """Bilinear taps of the sample coordinates along one axis, with torchvision's RoIAlign border rule.
 
     Args:
@@ -98,7 +95,7 @@ def _axis_samples(
 
 def _bag_entries(
     rois: Tensor,
-    masks: Optional[Tensor],
+    masks: Tensor | None,
     map_size: tuple[int, int],
     output_size: tuple[int, int],
     spatial_scale: float,
@@ -145,8 +142,8 @@ def _bag_entries(
 def shape_aware_roi_align(
     input: Tensor,
     boxes: BoxesLike,
-    masks: Optional[Tensor],
-    output_size: Union[int, tuple[int, int]],
+    masks: Tensor | None,
+    output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -241,7 +238,7 @@ def shape_aware_roi_align(
 
 def _sampling_groups(
     rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool
-) -> list[tuple[tuple[int, int], Optional[Tensor]]]:
+) -> list[tuple[tuple[int, int], Tensor | None]]:
     """Split RoIs by their (gh, gw) sampling grid so each group's entries can be built by broadcasting.
 
     Returns ``[((gh, gw), members)]`` with ``members`` a ``LongTensor`` of RoI indices, or None for
@@ -266,16 +263,13 @@ def _sampling_groups(
         return [(tuple(unique[0].tolist()), None)]
     members = torch.argsort(inverse, stable=True)
     counts = torch.bincount(inverse, minlength=unique.shape[0]).tolist()
-    return [
-        (tuple(grid), group)
-        for grid, group in zip(unique.tolist(), torch.split(members, counts))
-    ]
+    return [(tuple(grid), group) for grid, group in zip(unique.tolist(), torch.split(members, counts))]
 
 
 def roi_align(
     input: Tensor,
     boxes: BoxesLike,
-    output_size: Union[int, tuple[int, int]],
+    output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -289,7 +283,7 @@ class ShapeAwareRoIAlign(nn.Module):
 
     def __init__(
         self,
-        output_size: Union[int, tuple[int, int]],
+        output_size: int | tuple[int, int],
         spatial_scale: float,
         sampling_ratio: int,
         aligned: bool = False,
@@ -300,7 +294,7 @@ class ShapeAwareRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: Tensor, boxes: BoxesLike, masks: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, boxes: BoxesLike, masks: Tensor | None = None) -> Tensor:
         return shape_aware_roi_align(
             input, boxes, masks, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )

@@ -10,7 +10,8 @@ NAMES = ["0", "1", "2", "3"]
 def fpn_case(seed=0, image=256, channels=6):
     g = torch.Generator().manual_seed(seed)
     features = {
-        name: torch.randn(2, channels, image // 4 // 2**i, image // 4 // 2**i, generator=g) for i, name in enumerate(NAMES)
+        name: torch.randn(2, channels, image // 4 // 2**i, image // 4 // 2**i, generator=g)
+        for i, name in enumerate(NAMES)
     }
     features["pool"] = torch.randn(2, channels, 4, 4, generator=g)  # not in featmap_names: ignored
     boxes = []

@@ -26,11 +26,14 @@ def random_case(seed, batch=2, channels=3, size=(11, 14), num_boxes=5, scale=0.5
 
 @pytest.mark.parametrize(
     "aligned, sampling_ratio, scale, output_size",
-    list(itertools.product([False, True], [-1, 0, 1, 2], [1.0, 0.5, 0.25], [(2, 3)])) + [(False, 2, 0.5, (4, 4))],
+    list(itertools.product([False, True], [-1, 0, 1, 2], [1.0, 0.5, 0.25], [(2, 3)]))
+    + [(False, 2, 0.5, (4, 4))],
 )
 def test_fast_path_matches_reference(aligned, sampling_ratio, scale, output_size):
     features, rois, masks = random_case(seed=hash((aligned, sampling_ratio, scale)) % 1000, scale=scale)
-    expected = shape_aware_roi_align_reference(features, rois, masks, output_size, scale, sampling_ratio, aligned)
+    expected = shape_aware_roi_align_reference(
+        features, rois, masks, output_size, scale, sampling_ratio, aligned
+    )
     actual = shape_aware_roi_align(features, rois, masks, output_size, scale, sampling_ratio, aligned)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
 
@@ -53,7 +56,7 @@ def test_all_ones_masks_equal_torchvision_roi_align(aligned, sampling_ratio, dty
     expected = torchvision.ops.roi_align(features, rois, (7, 7), 0.5, sampling_ratio, aligned)
     ones = shape_aware_roi_align(features, rois, torch.ones_like(masks), (7, 7), 0.5, sampling_ratio, aligned)
     plain = roi_align(features, rois, (7, 7), 0.5, sampling_ratio, aligned)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     torch.testing.assert_close(ones, expected, **tol)
     torch.testing.assert_close(plain, expected, **tol)
 
@@ -79,7 +82,9 @@ def test_gradcheck_features_and_masks():
     masks = masks.clamp(0.1, 0.9).requires_grad_()
     for sampling_ratio, aligned in [(2, False), (-1, True)]:
         assert torch.autograd.gradcheck(
-            lambda f, m: shape_aware_roi_align(f, rois, m, (2, 3), 0.5, sampling_ratio, aligned),
+            lambda f, m, sampling_ratio=sampling_ratio, aligned=aligned: shape_aware_roi_align(
+                f, rois, m, (2, 3), 0.5, sampling_ratio, aligned
+            ),
             (features, masks),
         )
 
@@ -119,7 +124,9 @@ def test_boxes_outside_and_zero_size():
     masks = torch.rand(5, 4, 4, dtype=torch.float64)
     for aligned, sampling_ratio in itertools.product([False, True], [-1, 2]):
         out = shape_aware_roi_align(features, rois, masks, (3, 3), 1.0, sampling_ratio, aligned)
-        expected = shape_aware_roi_align_reference(features, rois, masks, (3, 3), 1.0, sampling_ratio, aligned)
+        expected = shape_aware_roi_align_reference(
+            features, rois, masks, (3, 3), 1.0, sampling_ratio, aligned
+        )
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
         assert not out[:2].any()
         plain = torchvision.ops.roi_align(features, rois, (3, 3), 1.0, sampling_ratio, aligned)
@@ -160,7 +167,7 @@ def test_dtypes_and_devices(device, dtype):
     m = masks.to(device, dtype).requires_grad_()
     out = shape_aware_roi_align(f, rois.to(device), m, 4, 0.5, 2)
     assert out.dtype == dtype and out.device.type == device
-    tol = dict(rtol=0, atol=2e-6) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+    tol = {"rtol": 0, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
     torch.testing.assert_close(out.float().cpu(), expected, **tol)
     out.float().sum().backward()
     assert f.grad.dtype == dtype and m.grad.dtype == dtype
@@ -170,35 +177,37 @@ def test_module_form():
     features, rois, masks = random_case(seed=9)
     module = ShapeAwareRoIAlign((2, 2), 0.5, 2, aligned=True)
     assert "aligned=True" in repr(module)
-    torch.testing.assert_close(module(features, rois, masks), shape_aware_roi_align(features, rois, masks, 2, 0.5, 2, True))
+    torch.testing.assert_close(
+        module(features, rois, masks), shape_aware_roi_align(features, rois, masks, 2, 0.5, 2, True)
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(input=torch.randn(3, 8, 8)), "input"),
-        (dict(input=torch.zeros(1, 2, 8, 8, dtype=torch.long)), "input"),
-        (dict(boxes=torch.zeros(2, 4)), "boxes"),
-        (dict(boxes=[torch.zeros(2, 5)]), r"boxes\[0\]"),
-        (dict(boxes=[torch.zeros(1, 4)] * 3), "boxes"),
-        (dict(boxes=torch.tensor([[2.0, 0, 0, 4, 4], [0.0, 0, 0, 4, 4]])), "batch index 2"),
-        (dict(boxes=torch.tensor([[-1.0, 0, 0, 4, 4], [0.0, 0, 0, 4, 4]])), "batch index -1"),
-        (dict(masks=torch.ones(3, 4, 4)), "masks holds 3 maps for 2 boxes"),
-        (dict(masks=torch.ones(2, 4)), "masks"),
-        (dict(masks=torch.ones(2, 0, 4)), "masks"),
-        (dict(output_size=0), "output_size"),
-        (dict(output_size=(2, 2, 2)), "output_size"),
-        (dict(spatial_scale=0.0), "spatial_scale"),
+        ({"input": torch.randn(3, 8, 8)}, "input"),
+        ({"input": torch.zeros(1, 2, 8, 8, dtype=torch.long)}, "input"),
+        ({"boxes": torch.zeros(2, 4)}, "boxes"),
+        ({"boxes": [torch.zeros(2, 5)]}, r"boxes\[0\]"),
+        ({"boxes": [torch.zeros(1, 4)] * 3}, "boxes"),
+        ({"boxes": torch.tensor([[2.0, 0, 0, 4, 4], [0.0, 0, 0, 4, 4]])}, "batch index 2"),
+        ({"boxes": torch.tensor([[-1.0, 0, 0, 4, 4], [0.0, 0, 0, 4, 4]])}, "batch index -1"),
+        ({"masks": torch.ones(3, 4, 4)}, "masks holds 3 maps for 2 boxes"),
+        ({"masks": torch.ones(2, 4)}, "masks"),
+        ({"masks": torch.ones(2, 0, 4)}, "masks"),
+        ({"output_size": 0}, "output_size"),
+        ({"output_size": (2, 2, 2)}, "output_size"),
+        ({"spatial_scale": 0.0}, "spatial_scale"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
-    args = dict(
-        input=torch.randn(2, 2, 8, 8),
-        boxes=torch.tensor([[0.0, 0, 0, 4, 4], [1.0, 1, 1, 5, 5]]),
-        masks=torch.ones(2, 4, 4),
-        output_size=2,
-        spatial_scale=1.0,
-    )
+    args = {
+        "input": torch.randn(2, 2, 8, 8),
+        "boxes": torch.tensor([[0.0, 0, 0, 4, 4], [1.0, 1, 1, 5, 5]]),
+        "masks": torch.ones(2, 4, 4),
+        "output_size": 2,
+        "spatial_scale": 1.0,
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         shape_aware_roi_align(**args)
@@ -209,5 +218,7 @@ def test_cuda_matches_cpu():
     features, rois, masks = random_case(seed=21, num_boxes=30, size=(30, 40), dtype=torch.float64)
     for sampling_ratio, aligned in [(2, False), (-1, True)]:
         cpu = shape_aware_roi_align(features, rois, masks, 7, 0.5, sampling_ratio, aligned)
-        gpu = shape_aware_roi_align(features.cuda(), rois.cuda(), masks.cuda(), 7, 0.5, sampling_ratio, aligned)
+        gpu = shape_aware_roi_align(
+            features.cuda(), rois.cuda(), masks.cuda(), 7, 0.5, sampling_ratio, aligned
+        )
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
