@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import platform
 import statistics
 import sys
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("forward", "forward+backward")
         for impl in impls
     ]
+    load = os.getloadavg()
     cases = {}
     seconds, memory = {}, {}
     for cell in cells:
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Shape-aware RoIAlign: speed and memory\n\n"
         f"Made by `{' '.join(['python bench/ops.py', *(sys.argv[1:] if argv is None else argv)])}` "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}; median of {args.repeats} runs after one warm-up.\n\n"
+        f"torchvision {torchvision.__version__}; median of {args.repeats} runs after one warm-up; load average "
+        f"at the start {load[0]:.2f} (1 min).\n\n"
         f"Machines:\n{machines}\n\nSizes:\n{sizes}\n\n"
         "Peak extra memory is the peak above what was allocated before the call, output and gradients "
         "included (CPU: the process's peak resident set, reset before each measurement; CUDA: the caching "

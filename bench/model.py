@@ -1,0 +1,183 @@
+"""What the refining module costs: MR R-CNN against Mask R-CNN, R50-FPN, same weights, same images.
+
+    python bench/model.py           # prints the table and writes docs/benchmarks/model.md
+
+Inference: one 800x1333 image, 100 detections (score threshold 0 so both models keep 100). Training:
+one SGD step (forward, backward, update) on two 800x1333 images with 7 instances each. Both models are
+randomly initialised from one seed (MR R-CNN loads the Mask R-CNN's weights and copies its heads into the
+refining module), so the arithmetic is that of real weights. Next to each time: the arithmetic both
+models do (FLOPs of matmuls and convolutions, by ``torch.utils.flop_counter``), whose ratio is the floor
+the refining heads' added work sets on the time ratio. CUDA rows are added when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ops import machine, peak_extra_mib
+
+from mrrcnn.models import maskrcnn_resnet50_fpn, mrrcnn_resnet50_fpn
+
+IMAGE = (800, 1333)
+
+
+def make_models(device: str):
+    torch.manual_seed(0)
+    base = maskrcnn_resnet50_fpn(num_classes=91, box_score_thresh=0.0)
+    refining = mrrcnn_resnet50_fpn(num_classes=91, box_score_thresh=0.0)
+    refining.load_state_dict(base.state_dict(), strict=False)
+    refining.init_refining_from_base()
+    return {"Mask R-CNN": base.to(device), "MR R-CNN": refining.to(device)}
+
+
+def make_batch(device: str, num_images: int, with_targets: bool):
+    g = torch.Generator().manual_seed(1)
+    height, width = IMAGE
+    images = [torch.rand(3, height, width, generator=g).to(device) for _ in range(num_images)]
+    if not with_targets:
+        return images, None
+    targets = []
+    for _ in range(num_images):
+        xy = torch.rand(7, 2, generator=g) * torch.tensor([width * 0.75, height * 0.75])
+        boxes = torch.cat([xy, xy + torch.rand(7, 2, generator=g) * 250 + 30], dim=1)
+        masks = torch.zeros(7, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        labels = torch.randint(1, 91, (7,), generator=g)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
+    return images, targets
+
+
+def inference(model, images, targets):
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+def training_step(model, images, targets, optimizer):
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gflops(fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median reported)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs/benchmarks/model.md"
+    )
+    args = parser.parse_args(argv)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    load = os.getloadavg()
+    rows = []
+    for device in devices:
+        models = make_models(device)
+        tasks = {
+            "inference (1 image, 100 detections)": (inference, make_batch(device, 1, False)),
+            "training step (2 images)": (training_step, make_batch(device, 2, True)),
+        }
+        measured = {}
+        for task, (step, (images, targets)) in tasks.items():
+            for name, model in models.items():
+                extra = ()
+                if step is training_step:
+                    params = [p for p in model.parameters() if p.requires_grad]
+                    extra = (torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=1e-4),)
+
+                def fn(step=step, model=model, images=images, targets=targets, extra=extra):
+                    torch.manual_seed(0)  # same RoI sampling in both models
+                    return step(model, images, targets, *extra)
+
+                seconds = timed(fn, device, args.repeats)
+                flops = gflops(fn)
+                detections = len(inference(model, *tasks[task][1])[0]["boxes"]) if step is inference else None
+                measured[task, name] = (fn, seconds, flops, detections)
+                print(f"{device} {task} {name}: {seconds:.2f} s, {flops:.0f} GFLOP", file=sys.stderr)
+        # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
+        if device == "cpu":
+            ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
+        memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
+        for (task, name), (_, seconds, flops, detections) in measured.items():
+            _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
+            rows.append(
+                (
+                    device,
+                    task,
+                    name,
+                    seconds,
+                    seconds / base_seconds,
+                    flops,
+                    memory[task, name],
+                    memory[task, name] / memory[task, "Mask R-CNN"],
+                    flops / base_flops,
+                    detections,
+                )
+            )
+
+    table = (
+        "| device | task | model | median s | time vs Mask R-CNN | GFLOP | arithmetic floor | "
+        "peak extra MiB | memory vs Mask R-CNN | detections |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    ) + "".join(
+        f"| {d} | {task} | {name} | {s:.2f} | {r:.2f}x | {f:.0f} | {fr:.2f}x | {mem:.0f} | {mr:.2f}x | "
+        f"{'' if det is None else det} |\n"
+        for d, task, name, s, r, f, mem, mr, fr, det in rows
+    )
+    text = (
+        "# What the refining module costs\n\n"
+        f"Made by `{' '.join(['python bench/model.py', *(sys.argv[1:] if argv is None else argv)])}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}; median of {args.repeats} runs after one warm-up; load average at the "
+        f"start {load[0]:.2f} (1 min).\n\n"
+        + "".join(f"- {d}: {machine(d)}\n" for d in devices)
+        + "\nR50-FPN, 800x1333 images, torchvision's default heads; MR R-CNN with the refining module of "
+        "docs/method.md. `arithmetic floor` is MR R-CNN's FLOPs over Mask R-CNN's (matmuls and "
+        "convolutions, forward and backward): the time ratio cannot go below it unless Mask R-CNN's own "
+        "work got faster too. Peak extra memory: the peak above what was allocated before the call "
+        "(CPU: resident set; CUDA: the caching allocator's peak).\n\n" + table
+    )
+    if not torch.cuda.is_available():
+        text += "\nNo GPU on this machine: no CUDA rows.\n"
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
