@@ -87,8 +87,9 @@ def peak_extra_mib(fn, device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    # Linux: writing 5 to clear_refs resets the process's peak resident set (VmHWM) to the current one.
-    # Exact for tensors once glibc maps every large allocation on its own (see main()).
+    # glibc hands freed memory back to the system, so that reusing it shows in the resident set again;
+    # writing 5 to clear_refs resets the process's peak resident set (VmHWM) to the current one.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _rss_kib("VmRSS")
