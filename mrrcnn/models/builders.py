@@ -146,12 +146,14 @@ def _build_small(
     num_classes: int,
     base_weights: None | str | Path = None,
     channels: int = 64,
+    mask_channels: int = 32,
     representation_size: int = 256,
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
     **kwargs: Any,
 ) -> MaskRCNN:
     """A Mask R-CNN small enough to train from scratch on CPU: torchvision's ResNet with one BasicBlock per
-    stage (a "ResNet-10"), a ``channels``-wide FPN and heads, anchors sized for ~160-pixel images."""
+    stage (a "ResNet-10"), a ``channels``-wide FPN, a ``mask_channels``-wide mask head (the mask heads are
+    most of the heads' arithmetic, and MR R-CNN runs two), anchors sized for ~160-pixel images."""
     trunk = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
     backbone = BackboneWithFPN(
         trunk,
@@ -168,8 +170,8 @@ def _build_small(
         ),
         box_head=TwoMLPHead(channels * 7 * 7, representation_size),
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
-        mask_head=MaskRCNNHeads(channels, [channels] * 4, 1),
-        mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+        mask_head=MaskRCNNHeads(channels, [mask_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
         **_fast_poolers(),
     )
     model_class = MaskRefiningRCNN if refining else MaskRCNN
