@@ -1,0 +1,84 @@
+"""Multi-process training under ``torchrun``; every helper is a no-op in a plain single process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in every
+    process it starts, on every node, so multi-node runs need nothing more. The backend is NCCL when CUDA
+    is available, each process then using GPU ``LOCAL_RANK``, and gloo otherwise. Nothing happens without
+    those variables (a plain ``python`` launch) or when a process group exists already.
+
+    Returns:
+        Whether this call created the process group, which its caller then ends with :func:`cleanup`.
+    """
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if local_rank() >= gpus:
+            raise ValueError(
+                f"LOCAL_RANK={local_rank()}, but this node has {gpus} GPU(s): start at most {gpus} "
+                "processes per node (torchrun --nproc_per_node)"
+            )
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def cleanup() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """Whether a process group of more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    """This process's rank on its node, as ``torchrun`` sets it (0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files, logs and shows progress (rank 0)."""
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This process's device: GPU ``LOCAL_RANK`` when CUDA is available, else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        # Names the device: NCCL would otherwise guess one and warn.
+        dist.barrier(device_ids=[local_rank()])
+    else:
+        dist.barrier()
