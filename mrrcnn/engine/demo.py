@@ -1,0 +1,175 @@
+"""The end-to-end demo: synthetic huddled data, Mask R-CNN from scratch, MR R-CNN fine-tuned from it, compared."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mrrcnn
+
+from ..config import load_config
+from ..data import CocoDetection, huddled, make_synthetic
+from .coco_eval import format_table
+from .evaluate import evaluate_model, load_model
+from .train import train
+from .visualize import draw_predictions, side_by_side
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = Path(mrrcnn.__file__).resolve().parents[1] / "configs" / "synthetic"
+# (column title, run folder under the demo's, config file under CONFIGS)
+RUNS = (("Mask R-CNN", "maskrcnn", "maskrcnn_small.yaml"), ("MR R-CNN", "mrrcnn", "mrrcnn_small.yaml"))
+# The comparison's rows: overall, then on huddled and isolated instances.
+TABLE_KEYS = tuple(
+    f"{subset}{iou_type}/{metric}"
+    for subset in ("", "huddled/", "isolated/")
+    for iou_type in ("bbox", "segm")
+    for metric in ("AP", "AP50", "AP75")
+)
+
+
+def _run_config(
+    name: str, out_dir: Path, data: dict[str, Any], iterations: int, seed: int, base: Path | None
+) -> dict[str, Any]:
+    """A synthetic config with the demo's data, output folder, base weights and iterations.
+
+    Learning-rate milestones keep their place relative to the run's length.
+    """
+    config = load_config(CONFIGS / name)
+    config["data"]["train"] = {
+        "images": data["train"]["images_dir"],
+        "annotations": data["train"]["annotation_file"],
+    }
+    config["data"]["val"] = {
+        "images": data["val"]["images_dir"],
+        "annotations": data["val"]["annotation_file"],
+    }
+    if base is not None:
+        config["model"]["base_weights"] = str(base)
+    train_config = config["train"]
+    train_config["milestones"] = [
+        m * iterations // train_config["iterations"] for m in train_config["milestones"]
+    ]
+    train_config.update(output_dir=str(out_dir), iterations=iterations, seed=seed)
+    return config
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    train_images: int = 240,
+    val_images: int = 60,
+    iterations: int = 600,
+    finetune_iterations: int = 200,
+    seed: int = 0,
+    image_size: int = 160,
+    comparison_images: int = 3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Show MR R-CNN against Mask R-CNN on the synthetic huddled benchmark, from nothing.
+
+    1. ``make_synthetic`` writes ``train_images`` + ``val_images`` images to ``out_dir/data``;
+    2. ``maskrcnn_small`` trains from scratch for ``iterations`` (``out_dir/maskrcnn``);
+    3. ``mrrcnn_small`` is fine-tuned from it for ``finetune_iterations`` (``out_dir/mrrcnn``);
+    4. both are evaluated on val;
+    5. their AP table is printed and written to ``out_dir/results.md``;
+    6. ``out_dir/comparison.png`` shows both models' predictions on the ``comparison_images`` val images
+       with the most huddled instances, one row per image.
+
+    A run whose ``final.pth`` exists already is not trained again, unless the run it starts from was.
+    Everything runs on CUDA when available, else on the CPU.
+
+    Returns:
+        ``metrics`` (by model title, as :func:`mrrcnn.engine.coco_eval.evaluate_split` returns them),
+        ``table`` (markdown), and the paths ``results``, ``comparison`` and ``weights`` (by model title).
+    """
+    for name, value in (
+        ("train_images", train_images),
+        ("val_images", val_images),
+        ("iterations", iterations),
+        ("finetune_iterations", finetune_iterations),
+        ("comparison_images", comparison_images),
+    ):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for _, _, name in RUNS:
+        if not (CONFIGS / name).is_file():
+            raise ValueError(
+                f"demo config {CONFIGS / name} is missing: the demo runs from a repository checkout"
+            )
+    out_dir = Path(out_dir)
+    logger.info(
+        "[1/6] synthetic data: %d train + %d val images -> %s", train_images, val_images, out_dir / "data"
+    )
+    data = make_synthetic(out_dir / "data", train_images, val_images, seed=seed, image_size=image_size)
+    for split in ("train", "val"):
+        logger.info(
+            "%s: %d instances, %.0f%% huddled",
+            split,
+            data[split]["num_instances"],
+            100 * data[split]["huddled_fraction"],
+        )
+
+    weights: dict[str, Path] = {}
+    base, trained = None, False
+    for step, (title, folder, config_name) in enumerate(RUNS, start=2):
+        length = iterations if base is None else finetune_iterations
+        config = _run_config(config_name, out_dir / folder, data, length, seed, base)
+        final = out_dir / folder / "final.pth"
+        # A fine-tuned run is stale once the run it started from was trained again.
+        if final.is_file() and not trained:
+            logger.info("[%d/6] %s: %s exists, not training again", step, title, final)
+        else:
+            logger.info(
+                "[%d/6] %s: training %s for %d iterations", step, title, config["model"]["name"], length
+            )
+            final = train(config, progress=progress)
+            trained = True
+        weights[title] = base = final
+
+    logger.info("[4/6] evaluating both on val")
+    models, metrics = {}, {}
+    for title, folder, _ in RUNS:
+        models[title], config, _ = load_model(weights[title])
+        metrics[title] = evaluate_model(models[title], config, "val", out_dir / folder, progress=progress)
+
+    logger.info("[5/6] results")
+    table = format_table({title: {key: m[key] for key in TABLE_KEYS} for title, m in metrics.items()})
+    results = out_dir / "results.md"
+    results.write_text(
+        f"# MR R-CNN vs Mask R-CNN, synthetic huddled benchmark\n\n"
+        f"{train_images} train / {val_images} val images of {image_size} px, seed {seed}; Mask R-CNN trained "
+        f"{iterations} iterations from scratch, MR R-CNN fine-tuned from it for {finetune_iterations} more. COCO AP "
+        f"(%), overall and on huddled / isolated instances.\n\n{table}"
+    )
+    print(table, end="")
+
+    logger.info("[6/6] comparison on the most huddled val images -> %s", out_dir / "comparison.png")
+    dataset = CocoDetection(data["val"]["images_dir"], data["val"]["annotation_file"])
+    num_huddled = []
+    for image_id in dataset.ids:
+        xywh = torch.tensor([a["bbox"] for a in dataset.coco.imgToAnns[image_id]], dtype=torch.float64)
+        xywh = xywh.reshape(-1, 4)
+        num_huddled.append(int(huddled(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)).sum()))
+    # A stable sort: among equally huddled images, the first ones.
+    chosen = sorted(range(len(dataset)), key=lambda i: -num_huddled[i])[:comparison_images]
+    pictures, titles = [], []
+    with torch.no_grad():
+        for index in chosen:
+            image, _ = dataset[index]
+            file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
+            for title, model in models.items():
+                output = model([image.to(next(model.parameters()).device)])[0]
+                pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
+                titles.append(f"{title}: {file_name} ({num_huddled[index]} huddled)")
+    comparison = out_dir / "comparison.png"
+    side_by_side(pictures, titles, columns=len(models)).save(comparison)
+    return {
+        "metrics": metrics,
+        "table": table,
+        "results": results,
+        "comparison": comparison,
+        "weights": weights,
+    }

@@ -1,0 +1,148 @@
+"""Inference on image files: an overlay picture per image and the detections as a COCO json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pycocotools.mask as mask_util
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm import tqdm
+
+from .evaluate import load_model
+from .results import to_coco_results
+from .visualize import draw_predictions
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files named in ``inputs`` and the images (by suffix) inside the folders named, sorted."""
+    files: list[Path] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ValueError(f"{entry}: folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise ValueError(f"{entry}: no such image file or folder")
+    if not files:
+        raise ValueError("no input images given")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise ValueError(f"{stems[path.stem]} and {path} would both be drawn to {path.stem}.png")
+        stems[path.stem] = path
+    return files
+
+
+def _read_image(path: Path) -> Tensor:
+    """``Tensor[3, H, W]`` RGB in [0, 1]."""
+    try:
+        with Image.open(path) as pil:
+            pil = pil.convert("RGB")
+    except (OSError, SyntaxError) as e:
+        # PIL reports some broken PNG chunks as SyntaxError.
+        raise ValueError(f"{path}: cannot read image: {e}") from e
+    return pil_to_tensor(pil).float().div_(255)
+
+
+def predict(
+    weights: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    score_threshold: float = 0.5,
+    device: str | torch.device | None = None,
+    batch_size: int = 2,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> Path:
+    """Run a trained model on image files.
+
+    Writes ``out_dir/<stem>.png``, each image with its detections drawn, and ``out_dir/predictions.json``,
+    a COCO instances dict: ``images`` (ids 1..N in input order, ``file_name`` the path as found,
+    ``width``, ``height``), ``categories`` (the checkpoint's, else the ids found) and ``annotations``, the detections scoring
+    at least ``score_threshold``: ``id``, ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] pixels,
+    ``score``, ``segmentation`` (compressed RLE), ``area`` (mask pixels; box area for a model without
+    masks), ``iscrowd`` 0.
+
+    Args:
+        weights: an mrrcnn checkpoint.
+        inputs: image files and folders (their images, by suffix, in name order).
+        out_dir: output folder, created if needed.
+        config: run configuration to build the model from instead of the checkpoint's.
+        score_threshold: the least score of a detection kept.
+        device: where to run (default: CUDA if available, else the CPU).
+        batch_size: images per forward pass.
+        overrides: ``section.key=value`` over the configuration, e.g. ``model.alpha=0.5``.
+        progress: show a progress bar.
+
+    Returns:
+        The path of ``predictions.json``.
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    files = _image_files(inputs)
+    out_dir = Path(out_dir)
+    for path in files:
+        if (out_dir / f"{path.stem}.png").resolve() == path.resolve():
+            raise ValueError(f"{path}: its drawing would overwrite it; choose another output folder")
+    model, config, categories = load_model(weights, config, device, overrides)
+    device = next(model.parameters()).device
+    mask_threshold = config.get("eval", {}).get("mask_threshold", 0.5)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    images: list[dict] = []
+    annotations: list[dict] = []
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, torch.no_grad():
+        for start in range(0, len(files), batch_size):
+            batch = [
+                (start + k + 1, path, _read_image(path))
+                for k, path in enumerate(files[start : start + batch_size])
+            ]
+            outputs = model([image.to(device) for _, _, image in batch])
+            for (image_id, path, image), output in zip(batch, outputs):
+                output = {key: value.cpu() for key, value in output.items()}
+                draw_predictions(image, output, categories, score_threshold, mask_threshold).save(
+                    out_dir / f"{path.stem}.png"
+                )
+                keep = output["scores"] >= score_threshold
+                for record in to_coco_results(
+                    {image_id: {k: v[keep] for k, v in output.items()}}, mask_threshold
+                ):
+                    if "segmentation" in record:
+                        area = float(mask_util.area(record["segmentation"]))
+                    else:
+                        area = record["bbox"][2] * record["bbox"][3]
+                    annotations.append({"id": len(annotations) + 1, **record, "area": area, "iscrowd": 0})
+                images.append(
+                    {
+                        "id": image_id,
+                        "file_name": str(path),
+                        "width": image.shape[2],
+                        "height": image.shape[1],
+                    }
+                )
+            bar.update(len(batch))
+    cats = categories or {label: str(label) for label in sorted({a["category_id"] for a in annotations})}
+    dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cat_id, "name": name} for cat_id, name in sorted(cats.items())],
+    }
+    path = out_dir / "predictions.json"
+    path.write_text(json.dumps(dataset))
+    logger.info("%d detections on %d images -> %s", len(annotations), len(images), out_dir)
+    return path

@@ -1,0 +1,96 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from mrrcnn.config import load_config
+from mrrcnn.data import CLASSES, make_synthetic
+from mrrcnn.engine.checkpoint import save_checkpoint
+from mrrcnn.engine.predict import predict
+from mrrcnn.models import build_model
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    config = load_config(CONFIGS / "maskrcnn_small.yaml", ["model.min_size=64", "model.max_size=64"])
+    torch.manual_seed(0)
+    model = build_model(**config["model"])
+    path = tmp_path_factory.mktemp("run") / "final.pth"
+    categories = {i + 1: name for i, name in enumerate(CLASSES)}
+    save_checkpoint(
+        path, {"model": model.state_dict(), "config": config, "categories": categories, "iteration": 0}
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return Path(make_synthetic(tmp_path_factory.mktemp("data"), 0, 3, image_size=64)["val"]["images_dir"])
+
+
+def test_predict(weights, images, tmp_path):
+    extra = tmp_path / "extra.jpg"
+    Image.open(images / "000000.png").convert("RGB").save(extra)
+    # An untrained model's detections score about 1 / num_classes: a low threshold keeps some.
+    path = predict(
+        weights, [images, extra], tmp_path / "out", score_threshold=0.1, device="cpu", progress=False
+    )
+
+    assert path == tmp_path / "out" / "predictions.json"
+    for name in ("000000", "000001", "000002", "extra"):
+        with Image.open(tmp_path / "out" / f"{name}.png") as overlay:
+            assert overlay.size == (64, 64)
+    dataset = json.loads(path.read_text())
+    assert [(i["id"], Path(i["file_name"]).name) for i in dataset["images"]] == [
+        (1, "000000.png"),
+        (2, "000001.png"),
+        (3, "000002.png"),
+        (4, "extra.jpg"),
+    ]
+    assert [c["name"] for c in dataset["categories"]] == list(CLASSES)
+    annotations = dataset["annotations"]
+    assert annotations and all(a["score"] >= 0.1 for a in annotations)
+    assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+
+    coco = COCO()
+    coco.dataset = dataset
+    coco.createIndex()
+    assert len(coco.getAnnIds()) == len(annotations)
+    results = coco.loadRes(
+        [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")} for a in annotations]
+    )
+    assert [results.anns[i + 1]["area"] for i in range(len(annotations))] == [a["area"] for a in annotations]
+
+
+def test_predict_threshold_above_every_score(weights, images, tmp_path):
+    path = predict(
+        weights, [images / "000001.png"], tmp_path, score_threshold=1.01, device="cpu", progress=False
+    )
+    assert json.loads(path.read_text())["annotations"] == []
+    assert (tmp_path / "000001.png").is_file()
+
+
+def test_predict_bad_inputs(weights, images, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match="broken.png: cannot read image"):
+        predict(weights, [broken], tmp_path / "out", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="nowhere.png: no such image file or folder"):
+        predict(weights, [tmp_path / "nowhere.png"], tmp_path / "out", device="cpu", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty: folder holds no image"):
+        predict(weights, [empty], tmp_path / "out", device="cpu", progress=False)
+    shutil.copy(images / "000000.png", empty / "000000.png")
+    with pytest.raises(ValueError, match="would both be drawn to 000000.png"):
+        predict(weights, [images, empty], tmp_path / "out", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="000000.png: its drawing would overwrite it"):
+        predict(weights, [empty], empty, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        predict(weights, [images], tmp_path / "out", batch_size=0, progress=False)

@@ -1,0 +1,209 @@
+"""Every command end to end through ``mrrcnn.cli.main``, on tiny data and models."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mrrcnn import cli
+from mrrcnn.cli import main
+from mrrcnn.engine import demo
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+TINY = [
+    "model.min_size=64",
+    "model.max_size=64",
+    "train.iterations=2",
+    "train.batch_size=2",
+    "data.workers=0",
+]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    status = main(["--no-progress" if a == "NOPROGRESS" else str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_error(result: tuple[int, str, str], command: str, *names: str) -> None:
+    """Exit status 2 and one ``mrrcnn <command>: error:`` line naming ``names``, no traceback."""
+    status, _, err = result
+    assert status == 2
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"mrrcnn {command}: error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``mrrcnn synth`` then ``mrrcnn train`` of a maskrcnn_small for 2 iterations."""
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["synth", str(root / "data"), "--train", "4", "--val", "3", "--image-size", "64"]) == 0
+    data = [
+        f"data.train.images={root / 'data/train'}",
+        f"data.train.annotations={root / 'data/annotations/train.json'}",
+        f"data.val.images={root / 'data/val'}",
+        f"data.val.annotations={root / 'data/annotations/val.json'}",
+    ]
+    config = CONFIGS / "maskrcnn_small.yaml"
+    argv = [
+        "train",
+        "--config",
+        str(config),
+        *data,
+        *TINY,
+        f"train.output_dir={root / 'run'}",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    return root
+
+
+def test_synth(capsys, tmp_path):
+    status, out, _ = run(capsys, "synth", tmp_path, "--train", 2, "--val", 1, "--image-size", 64, "--seed", 3)
+    assert status == 0
+    assert out.startswith("train: 2 images, ") and "% huddled" in out and "\nval: 1 images, " in out
+    assert len(list((tmp_path / "train").glob("*.png"))) == 2
+    assert_error(
+        run(capsys, "synth", tmp_path, "--train", 1, "--val", 1, "--image-size", 32), "synth", "image_size"
+    )
+
+
+def test_train_and_eval(trained, capsys, tmp_path):
+    assert (trained / "run" / "final.pth").is_file()
+    status, out, _ = run(
+        capsys, "eval", "--weights", trained / "run/final.pth", "--out", tmp_path, "NOPROGRESS"
+    )
+    assert status == 0
+    assert out.startswith("| metric | overall | huddled | isolated |")
+    assert "| segm/AP75 |" in out and "| bbox/APs |" in out
+    metrics = json.loads((tmp_path / "metrics_val.json").read_text())
+    assert "huddled/segm/AP" in metrics and "isolated/bbox/AP50" in metrics
+    assert isinstance(json.loads((tmp_path / "results_val.json").read_text()), list)
+
+    # --config and overrides replace the checkpoint's configuration.
+    status, _, _ = run(
+        capsys,
+        "eval",
+        "--weights",
+        trained / "run/final.pth",
+        "--config",
+        CONFIGS / "maskrcnn_small.yaml",
+        "model.min_size=64",
+        "model.max_size=64",
+        f"data.val.images={trained / 'data/val'}",
+        f"data.val.annotations={trained / 'data/annotations/val.json'}",
+        "--out",
+        tmp_path / "given",
+        "NOPROGRESS",
+    )
+    assert status == 0 and (tmp_path / "given" / "metrics_val.json").is_file()
+
+
+def test_predict(trained, capsys, tmp_path):
+    status, out, _ = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained / "run/final.pth",
+        trained / "data/val",
+        "--out",
+        tmp_path,
+        "--score-threshold",
+        0.1,
+        "--device",
+        "cpu",
+        "NOPROGRESS",
+    )
+    assert status == 0 and out.strip() == str(tmp_path / "predictions.json")
+    assert len(json.loads((tmp_path / "predictions.json").read_text())["images"]) == 3
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+
+
+def test_demo(capsys, tmp_path, monkeypatch, caplog):
+    # The synthetic configs, shrunk so that the demo runs in seconds.
+    for name in ("maskrcnn_small.yaml", "mrrcnn_small.yaml"):
+        (tmp_path / name).write_text(
+            f"_base_: {CONFIGS / name}\n"
+            "model: {min_size: 64, max_size: 64}\n"
+            "data: {workers: 0}\n"
+            "train: {batch_size: 2}\n"
+        )
+    monkeypatch.setattr(demo, "CONFIGS", tmp_path)
+    out_dir = tmp_path / "demo"
+    argv = ["demo", "--out", out_dir, "--train-images", 3, "--val-images", 2, "--image-size", 64]
+    argv += ["--iterations", 2, "--finetune-iterations", 1, "--comparison-images", 2]
+    status, out, _ = run(capsys, *argv, "NOPROGRESS")
+
+    assert status == 0
+    assert out.startswith("| metric | Mask R-CNN | MR R-CNN |")
+    for row in ("bbox/AP", "segm/AP75", "huddled/segm/AP", "isolated/bbox/AP50"):
+        assert f"| {row} |" in out
+    assert "| bbox/APs |" not in out
+    assert out.split("\n|---")[0] in (out_dir / "results.md").read_text()
+    for run_dir in ("maskrcnn", "mrrcnn"):
+        assert torch.load(out_dir / run_dir / "final.pth", weights_only=True)["iteration"] in (1, 2)
+        assert (out_dir / run_dir / "metrics_val.json").is_file()
+    with Image.open(out_dir / "comparison.png") as figure:
+        # Two rows (images) of two columns (models), each picture drawn 3x larger than the 64 px image.
+        assert figure.width >= 2 * 3 * 64 and figure.height >= 2 * 3 * 64
+
+    caplog.set_level(logging.INFO, logger="mrrcnn")
+    mtime = (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns
+    assert run(capsys, *argv, "NOPROGRESS")[0] == 0
+    assert (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns == mtime
+    assert sum("exists, not training again" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_bad_input(trained, capsys, tmp_path, monkeypatch):
+    config = CONFIGS / "maskrcnn_small.yaml"
+    assert_error(run(capsys, "train", "--config", tmp_path / "nope.yaml"), "train", "nope.yaml")
+    assert_error(run(capsys, "train", "--config", config, "train.lr"), "train", "'train.lr'")
+    assert_error(run(capsys, "train", "--config", config, "trian.lr=1"), "train", "'trian'")
+    assert_error(run(capsys, "eval", "--weights", tmp_path / "none.pth"), "eval", "none.pth")
+
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((trained / "run/final.pth").read_bytes()[:5000])
+    assert_error(run(capsys, "eval", "--weights", truncated), "eval", "truncated.pth")
+    assert_error(
+        run(capsys, "predict", "--weights", truncated, trained / "data/val", "--out", tmp_path), "predict"
+    )
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    weights = trained / "run/final.pth"
+    assert_error(
+        run(capsys, "predict", "--weights", weights, broken, "--out", tmp_path), "predict", "broken.png"
+    )
+    assert_error(run(capsys, "eval", "--weights", weights, "--split", "test"), "eval", "data.test")
+    assert_error(run(capsys, "eval", "--weights", weights, "--device", "tpu"), "eval", "'tpu'")
+
+    monkeypatch.setattr(demo, "CONFIGS", tmp_path / "no_configs")
+    assert_error(
+        run(capsys, "demo", "--out", tmp_path / "demo", "--train-images", 1, "--val-images", 1),
+        "demo",
+        "no_configs",
+    )
+    assert_error(run(capsys, "demo", "--out", tmp_path / "demo", "--iterations", 0), "demo", "iterations")
+
+    def diverge(config, resume, progress):
+        raise FloatingPointError("non-finite loss at iteration 2")
+
+    monkeypatch.setattr(cli, "train", diverge)
+    status, _, err = run(capsys, "train", "--config", config)
+    assert status == 1 and err.strip() == "mrrcnn train: error: non-finite loss at iteration 2"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="nope.yaml"):
+        main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
