@@ -127,7 +127,7 @@ def test_predict(trained, capsys, tmp_path):
 
 def test_demo(capsys, tmp_path, monkeypatch, caplog):
     # The synthetic configs, shrunk so that the demo runs in seconds.
-    for name in ("maskrcnn_small.yaml", "mrrcnn_small.yaml"):
+    for name in ("maskrcnn_small.yaml", "maskrcnn_small_finetune.yaml", "mrrcnn_small.yaml"):
         (tmp_path / name).write_text(
             f"_base_: {CONFIGS / name}\n"
             "model: {min_size: 64, max_size: 64}\n"
@@ -141,12 +141,12 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
     status, out, _ = run(capsys, *argv, "NOPROGRESS")
 
     assert status == 0
-    assert out.startswith("| metric | Mask R-CNN | MR R-CNN |")
+    assert out.startswith("| metric | Mask R-CNN | Mask R-CNN +ft | MR R-CNN |")
     for row in ("bbox/AP", "segm/AP75", "huddled/segm/AP", "isolated/bbox/AP50"):
         assert f"| {row} |" in out
     assert "| bbox/APs |" not in out
     assert out.split("\n|---")[0] in (out_dir / "results.md").read_text()
-    for run_dir in ("maskrcnn", "mrrcnn"):
+    for run_dir in ("maskrcnn", "maskrcnn_finetune", "mrrcnn"):
         assert torch.load(out_dir / run_dir / "final.pth", weights_only=True)["iteration"] in (1, 2)
         assert (out_dir / run_dir / "metrics_val.json").is_file()
     with Image.open(out_dir / "comparison.png") as figure:
@@ -157,7 +157,7 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
     mtime = (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns
     assert run(capsys, *argv, "NOPROGRESS")[0] == 0
     assert (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns == mtime
-    assert sum("exists, not training again" in r.getMessage() for r in caplog.records) == 2
+    assert sum("exists, not training again" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_bad_input(trained, capsys, tmp_path, monkeypatch):

@@ -20,8 +20,15 @@ from .visualize import draw_predictions, side_by_side
 logger = logging.getLogger(__name__)
 
 CONFIGS = Path(mrrcnn.__file__).resolve().parents[1] / "configs" / "synthetic"
-# (column title, run folder under the demo's, config file under CONFIGS)
-RUNS = (("Mask R-CNN", "maskrcnn", "maskrcnn_small.yaml"), ("MR R-CNN", "mrrcnn", "mrrcnn_small.yaml"))
+# (column title, run folder under the demo's, config file under CONFIGS, folder of the run it starts from)
+RUNS = (
+    ("Mask R-CNN", "maskrcnn", "maskrcnn_small.yaml", None),
+    # The equal-compute control: Mask R-CNN fine-tuned exactly as long as MR R-CNN is.
+    ("Mask R-CNN +ft", "maskrcnn_finetune", "maskrcnn_small_finetune.yaml", "maskrcnn"),
+    ("MR R-CNN", "mrrcnn", "mrrcnn_small.yaml", "maskrcnn"),
+)
+# The figure compares the method with its equal-compute control.
+FIGURE_MODELS = ("Mask R-CNN +ft", "MR R-CNN")
 # The comparison's rows: overall, then on huddled and isolated instances.
 TABLE_KEYS = tuple(
     f"{subset}{iou_type}/{metric}"
@@ -72,11 +79,12 @@ def run_demo(
 
     1. ``make_synthetic`` writes ``train_images`` + ``val_images`` images to ``out_dir/data``;
     2. ``maskrcnn_small`` trains from scratch for ``iterations`` (``out_dir/maskrcnn``);
-    3. ``mrrcnn_small`` is fine-tuned from it for ``finetune_iterations`` (``out_dir/mrrcnn``);
-    4. both are evaluated on val;
+    3. from it, ``mrrcnn_small`` (``out_dir/mrrcnn``) and, as the equal-compute control, ``maskrcnn_small``
+       (``out_dir/maskrcnn_finetune``) are fine-tuned for ``finetune_iterations`` with the same recipe;
+    4. all three are evaluated on val;
     5. their AP table is printed and written to ``out_dir/results.md``;
-    6. ``out_dir/comparison.png`` shows both models' predictions on the ``comparison_images`` val images
-       with the most huddled instances, one row per image.
+    6. ``out_dir/comparison.png`` shows the control's and MR R-CNN's predictions on the
+       ``comparison_images`` val images with the most huddled instances, one row per image.
 
     A run whose ``final.pth`` exists already is not trained again, unless the run it starts from was.
     Everything runs on CUDA when available, else on the CPU.
@@ -94,7 +102,7 @@ def run_demo(
     ):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    for _, _, name in RUNS:
+    for _, _, name, _ in RUNS:
         if not (CONFIGS / name).is_file():
             raise ValueError(
                 f"demo config {CONFIGS / name} is missing: the demo runs from a repository checkout"
@@ -113,25 +121,24 @@ def run_demo(
         )
 
     weights: dict[str, Path] = {}
-    base, trained = None, False
-    for step, (title, folder, config_name) in enumerate(RUNS, start=2):
-        length = iterations if base is None else finetune_iterations
+    trained: set[str] = set()
+    for title, folder, config_name, start in RUNS:
+        length = iterations if start is None else finetune_iterations
+        base = None if start is None else out_dir / start / "final.pth"
         config = _run_config(config_name, out_dir / folder, data, length, seed, base)
         final = out_dir / folder / "final.pth"
         # A fine-tuned run is stale once the run it started from was trained again.
-        if final.is_file() and not trained:
-            logger.info("[%d/6] %s: %s exists, not training again", step, title, final)
+        if final.is_file() and start not in trained:
+            logger.info("[2-3/6] %s: %s exists, not training again", title, final)
         else:
-            logger.info(
-                "[%d/6] %s: training %s for %d iterations", step, title, config["model"]["name"], length
-            )
+            logger.info("[2-3/6] %s: training %s for %d iterations", title, config["model"]["name"], length)
             final = train(config, progress=progress)
-            trained = True
-        weights[title] = base = final
+            trained.add(folder)
+        weights[title] = final
 
-    logger.info("[4/6] evaluating both on val")
+    logger.info("[4/6] evaluating on val")
     models, metrics = {}, {}
-    for title, folder, _ in RUNS:
+    for title, folder, _, _ in RUNS:
         models[title], config, _ = load_model(weights[title])
         metrics[title] = evaluate_model(models[title], config, "val", out_dir / folder, progress=progress)
 
@@ -141,8 +148,9 @@ def run_demo(
     results.write_text(
         f"# MR R-CNN vs Mask R-CNN, synthetic huddled benchmark\n\n"
         f"{train_images} train / {val_images} val images of {image_size} px, seed {seed}; Mask R-CNN trained "
-        f"{iterations} iterations from scratch, MR R-CNN fine-tuned from it for {finetune_iterations} more. COCO AP "
-        f"(%), overall and on huddled / isolated instances.\n\n{table}"
+        f"{iterations} iterations from scratch; from it, MR R-CNN and (the equal-compute control, +ft) Mask "
+        f"R-CNN fine-tuned {finetune_iterations} more with the same recipe. COCO AP (%), overall and on "
+        f"huddled / isolated instances.\n\n{table}"
     )
     print(table, end="")
 
@@ -160,12 +168,13 @@ def run_demo(
         for index in chosen:
             image, _ = dataset[index]
             file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
-            for title, model in models.items():
+            for title in FIGURE_MODELS:
+                model = models[title]
                 output = model([image.to(next(model.parameters()).device)])[0]
                 pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
                 titles.append(f"{title}: {file_name} ({num_huddled[index]} huddled)")
     comparison = out_dir / "comparison.png"
-    side_by_side(pictures, titles, columns=len(models)).save(comparison)
+    side_by_side(pictures, titles, columns=len(FIGURE_MODELS)).save(comparison)
     return {
         "metrics": metrics,
         "table": table,
