@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
+from common import header, machine
 
 from mrrcnn.engine.coco_eval import BACKENDS, evaluate, evaluate_split, format_table, split_ground_truth
 
@@ -114,16 +112,6 @@ def max_difference(a: dict[str, float], b: dict[str, float]) -> float:
     return max((abs(a[k] - b[k]) for k in a.keys() - nan), default=0.0)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores available"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500, help="images in the synthetic set")
@@ -168,10 +156,8 @@ def main(argv: list[str] | None = None) -> None:
 
     text = (
         "# COCO evaluation backends: time and agreement\n\n"
-        f"Made by `{' '.join(['python bench/coco_eval.py', *(sys.argv[1:] if argv is None else argv)])}` "
-        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats} runs.\n\n"
-        f"Machine: {machine()}; Python {platform.python_version()}, torch {version('torch')}, "
-        f"numpy {version('numpy')}, pycocotools {version('pycocotools')}, "
+        f"{header('coco_eval.py', argv, args.repeats)}\n\n"
+        f"Machine: {machine()}; numpy {version('numpy')}, pycocotools {version('pycocotools')}, "
         f"faster-coco-eval {version('faster-coco-eval')}.\n\n"
         f"Set: {args.images} images of {HEIGHT}x{WIDTH}, {len(gt['annotations'])} instances "
         f"({huddled} huddled), {len(results)} detections with masks as compressed RLE "

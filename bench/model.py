@@ -13,20 +13,13 @@ the refining heads' added work sets on the time ratio. CUDA rows are added when 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torchvision
+from common import header, machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import machine, peak_extra_mib
 
 from mrrcnn.models import maskrcnn_resnet50_fpn, mrrcnn_resnet50_fpn
 
@@ -74,20 +67,6 @@ def training_step(model, images, targets, optimizer):
     optimizer.step()
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def gflops(fn) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -104,7 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    load = os.getloadavg()
     rows = []
     for device in devices:
         models = make_models(device)
@@ -124,14 +102,14 @@ def main(argv: list[str] | None = None) -> None:
                     torch.manual_seed(0)  # same RoI sampling in both models
                     return step(model, images, targets, *extra)
 
-                seconds = timed(fn, device, args.repeats)
+                seconds = median_seconds(fn, device, args.repeats)
                 flops = gflops(fn)
                 detections = len(inference(model, *tasks[task][1])[0]["boxes"]) if step is inference else None
                 measured[task, name] = (fn, seconds, flops, detections)
                 print(f"{device} {task} {name}: {seconds:.2f} s, {flops:.0f} GFLOP", file=sys.stderr)
         # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
         if device == "cpu":
-            ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
+            track_allocations_exactly()
         memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
         for (task, name), (_, seconds, flops, detections) in measured.items():
             _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
@@ -161,10 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     text = (
         "# What the refining module costs\n\n"
-        f"Made by `{' '.join(['python bench/model.py', *(sys.argv[1:] if argv is None else argv)])}` on "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}; median of {args.repeats} runs after one warm-up; load average at the "
-        f"start {load[0]:.2f} (1 min).\n\n"
+        f"{header('model.py', argv, args.repeats)} torchvision {torchvision.__version__}; one warm-up run first.\n\n"
         + "".join(f"- {d}: {machine(d)}\n" for d in devices)
         + "\nR50-FPN, 800x1333 images, torchvision's default heads; MR R-CNN with the refining module of "
         "docs/method.md. `arithmetic floor` is MR R-CNN's FLOPs over Mask R-CNN's (matmuls and "
@@ -172,11 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         "work got faster too. Peak extra memory: the peak above what was allocated before the call "
         "(CPU: resident set; CUDA: the caching allocator's peak).\n\n" + table
     )
-    if not torch.cuda.is_available():
-        text += "\nNo GPU on this machine: no CUDA rows.\n"
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_report(args.out, text)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,13 @@ forward+backward rows. CUDA rows are added when a GPU is present.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import platform
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import torch
 import torchvision
+from common import machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
 
 from mrrcnn.ops import roi_align, shape_aware_roi_align
 
@@ -70,60 +65,6 @@ def run_once(impl: str, mode: str, features, rois, masks, grad, scale):
     return out
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_extra_mib(fn, device: str) -> float:
-    """Peak memory above what was allocated before ``fn()``, its result included (MiB)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    # glibc hands freed memory back to the system, so that reusing it shows in the resident set again;
-    # writing 5 to clear_refs resets the process's peak resident set (VmHWM) to the current one.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss_kib("VmRSS")
-    fn()
-    return (_rss_kib("VmHWM") - before) / 1024
-
-
-def median_seconds(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads"
-    if device == "cuda":
-        text = f"{torch.cuda.get_device_name()} (host: {text})"
-    return text
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median reported)")
@@ -142,7 +83,6 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("forward", "forward+backward")
         for impl in impls
     ]
-    load = os.getloadavg()
     cases = {}
     seconds, memory = {}, {}
     for cell in cells:
@@ -153,9 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             partial(run_once, impl, mode, *cases[device, size, layout]), device, args.repeats
         )
         print(*cell, f"{seconds[cell] * 1e3:.1f} ms", file=sys.stderr)
-    # Memory after timing: a 64 KiB mmap threshold makes glibc map (and unmap) every tensor on its own, so
-    # the resident set follows allocations exactly, at a cost in page faults that must not reach the timings.
-    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    track_allocations_exactly()
     for cell in cells:
         device, size, layout, mode, impl = cell
         memory[cell] = peak_extra_mib(partial(run_once, impl, mode, *cases[device, size, layout]), device)
@@ -181,21 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     machines = "\n".join(f"- {d}: {machine(d)}" for d in devices)
     text = (
         "# Shape-aware RoIAlign: speed and memory\n\n"
-        f"Made by `{' '.join(['python bench/ops.py', *(sys.argv[1:] if argv is None else argv)])}` "
-        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}; median of {args.repeats} runs after one warm-up; load average "
-        f"at the start {load[0]:.2f} (1 min).\n\n"
+        f"{header('ops.py', argv, args.repeats)} torchvision {torchvision.__version__}; one warm-up run first.\n\n"
         f"Machines:\n{machines}\n\nSizes:\n{sizes}\n\n"
         "Peak extra memory is the peak above what was allocated before the call, output and gradients "
         "included (CPU: the process's peak resident set, reset before each measurement; CUDA: the caching "
         "allocator's peak). `vs torchvision` divides by torchvision's time on NCHW features (its native layout; "
         "it copies channels-last input to NCHW first) for the same device, size and pass.\n\n" + table
     )
-    if not torch.cuda.is_available():
-        text += "\nNo GPU on this machine: no CUDA rows.\n"
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_report(args.out, text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""What the benchmark scripts share: the machine's description, timing, peak memory, the report's header."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def machine(device: str = "cpu") -> str:
+    """The CPU model, cores and torch threads; the GPU's name for ``device="cuda"``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads"
+    return f"{torch.cuda.get_device_name()} (host: {text})" if device == "cuda" else text
+
+
+def header(script: str, argv: list[str] | None, repeats: int) -> str:
+    """``Made by `python bench/SCRIPT args` on DATE ...``: the command, the date, the versions and the load."""
+    args = sys.argv[1:] if argv is None else argv
+    return (
+        f"Made by `{' '.join(['python', f'bench/{script}', *args])}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with Python {platform.python_version()}, torch "
+        f"{torch.__version__}; median of {repeats} runs; load average at the start "
+        f"{os.getloadavg()[0]:.2f} (1 min, on {os.cpu_count()} CPUs: other work slows the timings)."
+    )
+
+
+def median_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up (CUDA synchronised)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def track_allocations_exactly() -> None:
+    """Make glibc map (and unmap) every allocation of 64 KiB or more on its own, so that the resident set
+    follows tensors exactly. It costs page faults: call it after the timings, before :func:`peak_extra_mib`."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_mib(fn: Callable[[], object], device: str) -> float:
+    """Peak memory above what was allocated before ``fn()``, its result included (MiB).
+
+    CUDA: the caching allocator's peak. CPU (Linux): the process's peak resident set, reset before the call.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    # glibc hands freed memory back to the system, so that reusing it shows in the resident set again;
+    # writing 5 to clear_refs resets the process's peak resident set (VmHWM) to the current one.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def write_report(out: Path, text: str) -> None:
+    """Write a benchmark's markdown, noting when there was no GPU to add CUDA rows."""
+    if not torch.cuda.is_available():
+        text += "\nNo GPU on this machine: no CUDA rows.\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
