@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
+from common import header, machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
 
 from mrrcnn.ops import roi_align, shape_aware_roi_align
 
@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         output_mib = cases[device, size, layout][3].numel() * 4 / 2**20
         rows.append((*cell, seconds[cell], seconds[cell] / baseline, memory[cell], output_mib))
 
-    header = (
+    columns = (
         "| device | size | features | pass | implementation | median ms | vs torchvision | "
         "peak extra MiB | output MiB |\n|---|---|---|---|---|---:|---:|---:|---:|\n"
     )
-    table = header + "".join(
+    table = columns + "".join(
         f"| {d} | {s} | {lay} | {m} | {i} | {t * 1e3:.1f} | {r:.2f}x | {mem:.0f} | {out:.1f} |\n"
         for d, s, lay, m, i, t, r, mem, out in rows
     )
