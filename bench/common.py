@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,17 +41,27 @@ def header(script: str, argv: list[str] | None, repeats: int) -> str:
 
 def median_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up (CUDA synchronised)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    return median_seconds_side_by_side({None: fn}, device, repeats)[None]
+
+
+def median_seconds_side_by_side(
+    fns: dict[Any, Callable[[], object]], device: str, repeats: int
+) -> dict[Any, float]:
+    """:func:`median_seconds` of each of ``fns``, timed in turns (one run of each per round), so that a
+    change in the machine's load during the measurement falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[Any, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def track_allocations_exactly() -> None:

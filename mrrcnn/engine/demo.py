@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def run_demo(
             raise ValueError(
                 f"demo config {CONFIGS / name} is missing: the demo runs from a repository checkout"
             )
+    started = time.perf_counter()
     out_dir = Path(out_dir)
     logger.info(
         "[1/6] synthetic data: %d train + %d val images -> %s", train_images, val_images, out_dir / "data"
@@ -175,6 +177,7 @@ def run_demo(
                 titles.append(f"{title}: {file_name} ({num_huddled[index]} huddled)")
     comparison = out_dir / "comparison.png"
     side_by_side(pictures, titles, columns=len(FIGURE_MODELS)).save(comparison)
+    logger.info("done in %.1f minutes: %s, %s", (time.perf_counter() - started) / 60, results, comparison)
     return {
         "metrics": metrics,
         "table": table,
