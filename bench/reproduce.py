@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
@@ -384,7 +384,7 @@ def report(out: Path = ROOT / "docs" / "RESULTS.md") -> None:
 
 Written by `python bench/reproduce.py` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) from the metrics in
 `bench/results/reproduce/` of seeds {", ".join(map(str, seeds))} ({len(seeds)} seed{"s" if len(seeds) > 1 else ""});
-nothing here is typed by hand. Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}.
+nothing here is typed by hand. Machine: {machine()}, torch {torch.__version__}.
 Every number is COCO AP in percent on the synthetic val set (mean ± standard deviation over seeds when
 there are several). The paper's numbers are R50-FPN on COCO val2017: a different data set and scale, put
 beside ours only to show which claim each row tests.
@@ -454,6 +454,7 @@ Seed 0; detections scoring 0.5 or more.
 
 Training minutes per run on this machine, mean over seeds: {", ".join(f"{RUNS[r][1]} {statistics.mean(v) / 60:.1f}" for r, v in train_seconds.items() if v)};
 a whole seed (six trainings, {len(RUNS) + len(ALPHAS)} evaluations): {_stat([t / 60 for t in seed_minutes])} minutes.
+A training that was interrupted (a session ended) and resumed counts only the session that finished it.
 Seconds per evaluation of the val images: {", ".join(f"{RUNS[r][1]} {statistics.mean(v):.0f}" for r, v in seconds.items() if v)}.
 The speed and memory of the refining module at COCO scale are in `docs/benchmarks/model.md`.
 """
