@@ -37,7 +37,7 @@ from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
 from mrrcnn.config import load_config
-from mrrcnn.data import CocoDetection, huddled, make_synthetic
+from mrrcnn.data import CocoDetection, huddled, make_synthetic, most_huddled
 from mrrcnn.engine.evaluate import evaluate_model, load_model
 from mrrcnn.engine.train import train
 from mrrcnn.engine.visualize import draw_predictions, side_by_side
@@ -116,17 +116,18 @@ def command(run: str, work: Path, seed: int) -> str:
     )
 
 
-def train_run(run: str, work: Path, seed: int) -> Path:
+def train_run(run: str, work: Path, seed: int) -> tuple[Path, bool]:
+    """Train (or resume) one run unless it has finished; its ``final.pth``, and whether this call trained."""
     config = load_config(CONFIGS / RUNS[run][0], run_overrides(run, work, seed))
     output = Path(config["train"]["output_dir"])
     if (output / "final.pth").is_file():
         logger.info("seed %d %s: trained already", seed, run)
-        return output / "final.pth"
+        return output / "final.pth", False
     resume = (output / "last.pth").is_file()
     logger.info(
         "seed %d %s: %s (%s)", seed, run, "resuming" if resume else "training", command(run, work, seed)
     )
-    return train(config, resume=resume, progress=sys.stderr.isatty())
+    return train(config, resume=resume, progress=sys.stderr.isatty()), True
 
 
 def evaluate(weights: Path, out: Path, work: Path, alpha: float | None = None) -> dict[str, float]:
@@ -185,17 +186,10 @@ def diagnose(results_file: Path, gt_file: Path) -> dict[str, Any]:
 def figure_fig5(weights: dict[str, Path], work: Path, out: Path, count: int = 4) -> None:
     """The control against MR R-CNN on the val images with the most huddled instances (paper Fig. 5)."""
     dataset = CocoDetection(work / "data" / "val", work / "data" / "annotations" / "val.json")
-    counts = []
-    for image_id in dataset.ids:
-        xywh = torch.tensor(
-            [a["bbox"] for a in dataset.coco.imgToAnns[image_id]], dtype=torch.float64
-        ).reshape(-1, 4)
-        counts.append(int(huddled(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)).sum()))
-    chosen = sorted(range(len(dataset)), key=lambda i: -counts[i])[:count]
     models = {title: load_model(path, overrides=data_overrides(work))[0] for title, path in weights.items()}
     pictures, titles = [], []
     with torch.no_grad():
-        for index in chosen:
+        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, count):
             image, target = dataset[index]
             truth = {
                 **target,
@@ -203,7 +197,7 @@ def figure_fig5(weights: dict[str, Path], work: Path, out: Path, count: int = 4)
                 "masks": target["masks"][:, None].float(),
             }
             pictures.append(draw_predictions(image, truth, dataset.categories, scale=3.0))
-            titles.append(f"ground truth ({counts[index]} huddled)")
+            titles.append(f"ground truth ({num_huddled} huddled)")
             for title, model in models.items():
                 pictures.append(draw_predictions(image, model([image])[0], dataset.categories, scale=3.0))
                 titles.append(title)
@@ -219,10 +213,11 @@ def run_seed(seed: int, work: Path, data_command: str) -> None:
     weights = {}
     for run in RUNS:
         started = time.perf_counter()
-        weights[run] = train_run(run, work, seed)
-        # Summed over sessions when a training was interrupted and resumed.
-        timing[run] = timing.get(run, 0.0) + time.perf_counter() - started
-        timing_file.write_text(json.dumps(timing, indent=1))
+        weights[run], trained = train_run(run, work, seed)
+        if trained:
+            # Summed over sessions when a training was interrupted and resumed.
+            timing[run] = timing.get(run, 0.0) + time.perf_counter() - started
+            timing_file.write_text(json.dumps(timing, indent=1))
     for run, path in weights.items():
         logger.info("seed %d %s: evaluating", seed, run)
         evaluate(path, results / f"{run}.json", work)

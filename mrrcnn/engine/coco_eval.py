@@ -29,9 +29,8 @@ from typing import Any
 import faster_coco_eval
 import pycocotools.coco
 import pycocotools.cocoeval
-import torch
 
-from mrrcnn.data.huddle import huddled
+from mrrcnn.data.huddle import huddled_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +174,7 @@ def split_ground_truth(gt: dict) -> dict[str, dict]:
             by_image[ann["image_id"]].append(i)
     in_subset = {"huddled": set(), "isolated": set()}
     for indices in by_image.values():
-        xywh = torch.tensor([gt["annotations"][i]["bbox"] for i in indices], dtype=torch.float64)
-        flags = huddled(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1))
+        flags = huddled_xywh([gt["annotations"][i]["bbox"] for i in indices])
         for i, flag in zip(indices, flags.tolist()):
             in_subset["huddled" if flag else "isolated"].add(i)
     return {

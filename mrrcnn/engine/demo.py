@@ -12,7 +12,7 @@ import torch
 import mrrcnn
 
 from ..config import load_config
-from ..data import CocoDetection, huddled, make_synthetic
+from ..data import CocoDetection, make_synthetic, most_huddled
 from .coco_eval import format_table
 from .evaluate import evaluate_model, load_model
 from .train import train
@@ -158,23 +158,16 @@ def run_demo(
 
     logger.info("[6/6] comparison on the most huddled val images -> %s", out_dir / "comparison.png")
     dataset = CocoDetection(data["val"]["images_dir"], data["val"]["annotation_file"])
-    num_huddled = []
-    for image_id in dataset.ids:
-        xywh = torch.tensor([a["bbox"] for a in dataset.coco.imgToAnns[image_id]], dtype=torch.float64)
-        xywh = xywh.reshape(-1, 4)
-        num_huddled.append(int(huddled(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)).sum()))
-    # A stable sort: among equally huddled images, the first ones.
-    chosen = sorted(range(len(dataset)), key=lambda i: -num_huddled[i])[:comparison_images]
     pictures, titles = [], []
     with torch.no_grad():
-        for index in chosen:
+        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, comparison_images):
             image, _ = dataset[index]
             file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
             for title in FIGURE_MODELS:
                 model = models[title]
                 output = model([image.to(next(model.parameters()).device)])[0]
                 pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
-                titles.append(f"{title}: {file_name} ({num_huddled[index]} huddled)")
+                titles.append(f"{title}: {file_name} ({num_huddled} huddled)")
     comparison = out_dir / "comparison.png"
     side_by_side(pictures, titles, columns=len(FIGURE_MODELS)).save(comparison)
     logger.info("done in %.1f minutes: %s, %s", (time.perf_counter() - started) / 60, results, comparison)
