@@ -22,6 +22,8 @@ class MaskRefiningRCNN(MaskRCNN):
         shape_aware: Shape-aware RoIAlign in the refining box head (False: plain RoIAlign, "RM w/o SARA").
         refine_cls: use the refined classification (False: stage 1's scores, refined boxes).
         refine_reg: use the refined boxes (False: stage 1's boxes, fused scores).
+        sara_masks: ``"predicted"`` (the method) or ``"ground_truth"`` (a diagnostic: Shape-aware RoIAlign
+            reads each box's best-IoU ground-truth mask, so evaluation needs ``model(images, targets)``).
 
     Inputs and outputs are torchvision's: in training, ``model(images, targets)`` returns the losses
     (torchvision's five plus ``loss_refine_classifier``, ``loss_refine_box_reg``, ``loss_refine_mask``);
@@ -39,6 +41,7 @@ class MaskRefiningRCNN(MaskRCNN):
         shape_aware: bool = True,
         refine_cls: bool = True,
         refine_reg: bool = True,
+        sara_masks: str = "predicted",
         **kwargs: Any,
     ) -> None:
         names = ["0", "1", "2", "3"]
@@ -65,6 +68,7 @@ class MaskRefiningRCNN(MaskRCNN):
             shape_aware=shape_aware,
             refine_cls=refine_cls,
             refine_reg=refine_reg,
+            sara_masks=sara_masks,
         )
 
     def init_refining_from_base(self) -> None:

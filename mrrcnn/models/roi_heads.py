@@ -14,6 +14,7 @@ The choices the paper leaves open are in docs/method.md, each with its reason.
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from ..ops import MultiScaleShapeAwareRoIAlign
+from ..ops import MultiScaleShapeAwareRoIAlign, roi_align
 
 
 def fuse_scores(stage1_logits: Tensor, refine_logits: Tensor, alpha: float) -> Tensor:
@@ -48,6 +49,51 @@ def refining_classes(labels: Tensor, class_logits: Tensor) -> Tensor:
     return torch.where(labels > 0, labels, pseudo)
 
 
+SARA_MASKS = ("predicted", "ground_truth")
+
+
+class RefiningInput(NamedTuple):
+    """What stage 1 hands the refining module, for N boxes over the batch.
+
+    ``boxes``: one ``Tensor[N_i, 4]`` per image (stage-1 boxes ``B``, resized-image pixels); ``classes``:
+    ``Int64Tensor[N]`` (the class each box and mask was predicted for); ``mask_features``: ``Tensor[N, C,
+    M/2, M/2]`` (stage 1's mask-head features on ``B``, eq. 6's input); ``probabilities``: ``Tensor[N, M,
+    M]`` (stage 1's mask ``P`` of that class, covering its box).
+    """
+
+    boxes: list[Tensor]
+    classes: Tensor
+    mask_features: Tensor
+    probabilities: Tensor
+
+
+def ground_truth_masks_in_boxes(
+    boxes: list[Tensor], targets: list[dict[str, Tensor]], size: tuple[int, int]
+) -> Tensor:
+    """Each box's best-IoU ground-truth mask, resampled into the box frame as Mask R-CNN's mask targets are.
+
+    Args:
+        boxes: one ``Tensor[N_i, 4]`` per image (x1, y1, x2, y2, pixels of the image the targets are in).
+        targets: per image ``boxes: Tensor[G_i, 4]`` and ``masks: UInt8Tensor[G_i, H, W]`` (0/1).
+        size: (Hp, Wp) of the output masks.
+
+    Returns:
+        ``Tensor[N, Hp, Wp]`` in [0, 1]: RoIAlign of the mask over the box (torchvision's
+        ``project_masks_on_boxes``), so a pixel holds the instance's share of its cell; zeros for images
+        without ground truth. A box overlapping no ground-truth box reads a mask outside it: zeros too.
+    """
+    out = []
+    for boxes_i, target in zip(boxes, targets):
+        gt_boxes, gt_masks = target["boxes"].to(boxes_i.dtype), target["masks"]
+        if gt_boxes.shape[0] == 0:
+            out.append(boxes_i.new_zeros((boxes_i.shape[0], *size)))
+            continue
+        matched = box_ops.box_iou(boxes_i, gt_boxes).argmax(dim=1)
+        rois = torch.cat([matched[:, None].to(boxes_i.dtype), boxes_i], dim=1)
+        out.append(roi_align(gt_masks[:, None].to(boxes_i.dtype), rois, size, 1.0)[:, 0])
+    return torch.cat(out)
+
+
 def _select_class(per_class: Tensor, classes: Tensor) -> Tensor:
     """``per_class[i, classes[i]]`` for ``per_class: Tensor[N, num_classes, ...]``."""
     return per_class[torch.arange(classes.shape[0], device=classes.device), classes]
@@ -64,6 +110,10 @@ class MaskRefiningRoIHeads(RoIHeads):
             RoIAlign, the paper's "RM without SARA").
         refine_cls: use (and train) the refined classification; False keeps stage 1's scores.
         refine_reg: use (and train) the refined box regression; False keeps stage 1's boxes.
+        sara_masks: what Shape-aware RoIAlign weights by: ``"predicted"`` (stage 1's masks, the method) or
+            ``"ground_truth"``, a diagnostic that tells whether shape-aware pooling *can* help on a data
+            set: each box's best-IoU ground-truth mask, in training and at evaluation (which then needs
+            the targets). Not a way to report results; may be changed after training.
     """
 
     refining_parameter_prefixes = (
@@ -81,6 +131,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         shape_aware: bool = True,
         refine_cls: bool = True,
         refine_reg: bool = True,
+        sara_masks: str = "predicted",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +143,9 @@ class MaskRefiningRoIHeads(RoIHeads):
         self.shape_aware = shape_aware
         self.refine_cls = refine_cls
         self.refine_reg = refine_reg
+        if sara_masks not in SARA_MASKS:
+            raise ValueError(f"sara_masks must be one of {SARA_MASKS}, got {sara_masks!r}")
+        self.sara_masks = sara_masks
         pool = self.box_roi_pool
         self.refine_box_roi_pool = MultiScaleShapeAwareRoIAlign(
             pool.featmap_names,
@@ -135,7 +189,8 @@ class MaskRefiningRoIHeads(RoIHeads):
             features: FPN maps ``Tensor[B, C, H_l, W_l]`` by name.
             proposals: one ``Tensor[P_i, 4]`` per image (x1, y1, x2, y2, resized-image pixels).
             image_shapes: (height, width) of each resized image.
-            targets: in training, torchvision's per-image dicts with ``boxes``, ``labels``, ``masks``.
+            targets: torchvision's per-image dicts with ``boxes``, ``labels``, ``masks``: required in
+                training, and at evaluation when ``sara_masks == "ground_truth"``.
 
         Returns:
             Training: ``({}, losses)`` with torchvision's three head losses plus ``loss_refine_classifier``
@@ -146,8 +201,178 @@ class MaskRefiningRoIHeads(RoIHeads):
         # All four poolings read the same maps: make them channels-last once.
         features = {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
         if self.training:
-            return [], self._forward_train(features, proposals, image_shapes, targets)
-        return self._forward_eval(features, proposals, image_shapes), {}
+            self.check_targets(targets)
+            losses, refining_input = self.stage1_loss(features, proposals, image_shapes, targets)
+            losses.update(self.refine_loss(features, refining_input, image_shapes, targets))
+            return [], losses
+        if self.sara_masks == "ground_truth" and targets is None:
+            raise ValueError(
+                "sara_masks='ground_truth' (a diagnostic) reads the ground-truth masks: pass targets at "
+                "evaluation too"
+            )
+        refining_input, stage1_logits, stage1_scores = self.stage1_predict(features, proposals, image_shapes)
+        detections = self.refine_predict(
+            features, refining_input, stage1_logits, stage1_scores, image_shapes, targets
+        )
+        return detections, {}
+
+    def stage1_loss(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[dict[str, Tensor], RefiningInput]:
+        """Stage 1 in training: torchvision's Mask R-CNN heads and their three losses, and the refining
+        module's input for every sampled RoI (its stage-1 box and mask of its (pseudo) class).
+
+        Stage 1's outputs are inputs of the refining module, not trained through: stage 1 keeps exactly
+        Mask R-CNN's objective.
+        """
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
+        loss_classifier, loss_box_reg = fastrcnn_loss(
+            class_logits, box_regression, labels, regression_targets
+        )
+        positive = [torch.where(lab > 0)[0] for lab in labels]
+        mask_proposals = [p[i] for p, i in zip(proposals, positive)]
+        mask_logits = self.mask_predictor(
+            self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
+        )
+        loss_mask = maskrcnn_loss(
+            mask_logits,
+            mask_proposals,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            [m[i] for m, i in zip(matched_idxs, positive)],
+        )
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+        counts = [p.shape[0] for p in proposals]
+        with torch.no_grad():
+            classes = refining_classes(torch.cat(labels), class_logits)
+            boxes = self._decode(box_regression, torch.cat(proposals), classes, image_shapes, counts)
+            mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
+        return losses, RefiningInput(boxes, classes, mask_features, probabilities)
+
+    def refine_loss(
+        self,
+        features: dict[str, Tensor],
+        refining_input: RefiningInput,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The refining module in training: targets re-assigned to stage 1's boxes, the refining box
+        head's losses (those its switches keep) and the refining mask head's loss on the refined boxes."""
+        boxes = refining_input.boxes
+        matched, labels, regression_targets = self.assign_refining_targets(boxes, targets)
+        masks = self._sara_masks(refining_input, targets)
+        logits, deltas = self._refine_boxes(features, boxes, masks, image_shapes)
+        loss_classifier, loss_box_reg = fastrcnn_loss(logits, deltas, labels, regression_targets)
+        losses = {}
+        if self.refine_cls:
+            losses["loss_refine_classifier"] = loss_classifier
+        if self.refine_reg:
+            losses["loss_refine_box_reg"] = loss_box_reg
+
+        labels_all = torch.cat(labels)
+        positive = torch.where(labels_all > 0)[0]
+        if self.refine_reg:
+            refined = self._decode(
+                deltas.detach()[positive],
+                torch.cat(boxes)[positive],
+                labels_all[positive],
+                image_shapes,
+                [int((lab > 0).sum()) for lab in labels],
+            )
+        else:
+            refined = [b[lab > 0] for b, lab in zip(boxes, labels)]
+        mask_logits = self._refine_masks(
+            features, refined, refining_input.mask_features[positive], image_shapes
+        )
+        losses["loss_refine_mask"] = maskrcnn_loss(
+            mask_logits,
+            refined,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            [m[lab > 0] for m, lab in zip(matched, labels)],
+        )
+        return losses
+
+    def stage1_predict(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[RefiningInput, Tensor, Tensor]:
+        """Stage 1 at inference: torchvision's Mask R-CNN detections (boxes, classes, stage-1 masks and mask
+        features) as the refining module's input, their pre-softmax logits ``S^b`` (``Tensor[D,
+        num_classes]``, the rows of the proposals they came from) and their scores ``Tensor[D]``."""
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
+        boxes, scores, labels, source = self.stage1_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
+        classes = torch.cat(labels)
+        mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
+        refining_input = RefiningInput(boxes, classes, mask_features, probabilities)
+        return refining_input, class_logits[torch.cat(source)], torch.cat(scores)
+
+    def refine_predict(
+        self,
+        features: dict[str, Tensor],
+        refining_input: RefiningInput,
+        stage1_logits: Tensor,
+        stage1_scores: Tensor,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """The refining module at inference: fused scores (stage 1's without ``refine_cls``), refined boxes
+        (stage 1's without ``refine_reg``), score threshold and NMS again, refined masks."""
+        boxes, classes = refining_input.boxes, refining_input.classes
+        counts = [b.shape[0] for b in boxes]
+        masks = self._sara_masks(refining_input, targets)
+        refine_logits, refine_deltas = self._refine_boxes(features, boxes, masks, image_shapes)
+        if self.refine_cls:
+            scores = _select_class(
+                F.softmax(fuse_scores(stage1_logits, refine_logits, self.alpha), -1), classes
+            )
+        else:
+            scores = stage1_scores
+        refined = (
+            self._decode(refine_deltas, torch.cat(boxes), classes, image_shapes, counts)
+            if self.refine_reg
+            else boxes
+        )
+
+        results, keep_all, offset = [], [], 0
+        for boxes_i, scores_i, labels_i in zip(refined, scores.split(counts), classes.split(counts)):
+            keep = torch.where(scores_i > self.score_thresh)[0]
+            keep = keep[box_ops.remove_small_boxes(boxes_i[keep], min_size=1e-2)]
+            keep = keep[box_ops.batched_nms(boxes_i[keep], scores_i[keep], labels_i[keep], self.nms_thresh)]
+            keep = keep[: self.detections_per_img]
+            results.append({"boxes": boxes_i[keep], "labels": labels_i[keep], "scores": scores_i[keep]})
+            keep_all.append(keep + offset)
+            offset += boxes_i.shape[0]
+        keep_all = torch.cat(keep_all)
+        mask_logits = self._refine_masks(
+            features, [r["boxes"] for r in results], refining_input.mask_features[keep_all], image_shapes
+        )
+        masks = _select_class(mask_logits, classes[keep_all]).sigmoid()[:, None]
+        for result, masks_i in zip(results, masks.split([r["boxes"].shape[0] for r in results])):
+            result["masks"] = masks_i
+        return results
+
+    def _sara_masks(
+        self, refining_input: RefiningInput, targets: list[dict[str, Tensor]] | None
+    ) -> Tensor | None:
+        """The masks Shape-aware RoIAlign weights the refining box head's features by: None without
+        SARA, stage 1's probabilities, or (the diagnostic ``sara_masks="ground_truth"``) the ground truth."""
+        if not self.shape_aware:
+            return None
+        if self.sara_masks == "ground_truth":
+            size = refining_input.probabilities.shape[-2:]
+            return ground_truth_masks_in_boxes(refining_input.boxes, targets, size)
+        return refining_input.probabilities
 
     def _stage1_masks(
         self,
@@ -166,11 +391,11 @@ class MaskRefiningRoIHeads(RoIHeads):
         self,
         features: dict[str, Tensor],
         boxes: list[Tensor],
-        probabilities: Tensor,
+        masks: Tensor | None,
         image_shapes: list[tuple[int, int]],
     ) -> tuple[Tensor, Tensor]:
-        """Refining box head: logits ``Tensor[N, num_classes]`` and deltas ``Tensor[N, num_classes * 4]``."""
-        masks = probabilities if self.shape_aware else None
+        """Refining box head on ``SaRoIAlign(B, masks, F)`` (plain RoIAlign when ``masks`` is None): logits
+        ``Tensor[N, num_classes]`` and deltas ``Tensor[N, num_classes * 4]``."""
         pooled = self.refine_box_roi_pool(features, boxes, image_shapes, masks)
         return self.refine_box_predictor(self.refine_box_head(pooled))
 
@@ -222,129 +447,6 @@ class MaskRefiningRoIHeads(RoIHeads):
             (gt if gt.numel() else gt.new_zeros(1, 4))[matched] for gt, matched in zip(gt_boxes, matched_idxs)
         ]
         return matched_idxs, labels, self.box_coder.encode(matched_gt_boxes, boxes)
-
-    def _forward_train(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None,
-    ) -> dict[str, Tensor]:
-        self.check_targets(targets)
-        # Stage 1: torchvision's Mask R-CNN heads and losses.
-        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_predictor(
-            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        )
-        loss_classifier, loss_box_reg = fastrcnn_loss(
-            class_logits, box_regression, labels, regression_targets
-        )
-        positive = [torch.where(lab > 0)[0] for lab in labels]
-        mask_proposals = [p[i] for p, i in zip(proposals, positive)]
-        mask_logits = self.mask_predictor(
-            self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
-        )
-        gt_masks = [t["masks"] for t in targets]
-        gt_labels = [t["labels"] for t in targets]
-        losses = {
-            "loss_classifier": loss_classifier,
-            "loss_box_reg": loss_box_reg,
-            "loss_mask": maskrcnn_loss(
-                mask_logits,
-                mask_proposals,
-                gt_masks,
-                gt_labels,
-                [m[i] for m, i in zip(matched_idxs, positive)],
-            ),
-        }
-
-        # Refining module on every sampled RoI: its stage-1 box and mask of its (pseudo) class. Stage 1's
-        # outputs are inputs here, not trained through: stage 1 keeps exactly Mask R-CNN's objective.
-        counts = [p.shape[0] for p in proposals]
-        labels_all = torch.cat(labels)
-        with torch.no_grad():
-            classes = refining_classes(labels_all, class_logits)
-            boxes = self._decode(box_regression, torch.cat(proposals), classes, image_shapes, counts)
-            stage1_mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
-        refine_matched, refine_labels, refine_targets = self.assign_refining_targets(boxes, targets)
-        refine_logits, refine_deltas = self._refine_boxes(features, boxes, probabilities, image_shapes)
-        loss_refine_classifier, loss_refine_box_reg = fastrcnn_loss(
-            refine_logits, refine_deltas, refine_labels, refine_targets
-        )
-        if self.refine_cls:
-            losses["loss_refine_classifier"] = loss_refine_classifier
-        if self.refine_reg:
-            losses["loss_refine_box_reg"] = loss_refine_box_reg
-
-        refine_labels_all = torch.cat(refine_labels)
-        refine_positive = torch.where(refine_labels_all > 0)[0]
-        positive_counts = [int((lab > 0).sum()) for lab in refine_labels]
-        if self.refine_reg:
-            refined = self._decode(
-                refine_deltas.detach()[refine_positive],
-                torch.cat(boxes)[refine_positive],
-                refine_labels_all[refine_positive],
-                image_shapes,
-                positive_counts,
-            )
-        else:
-            refined = [b[lab > 0] for b, lab in zip(boxes, refine_labels)]
-        refine_mask_logits = self._refine_masks(
-            features, refined, stage1_mask_features[refine_positive], image_shapes
-        )
-        losses["loss_refine_mask"] = maskrcnn_loss(
-            refine_mask_logits,
-            refined,
-            gt_masks,
-            gt_labels,
-            [m[lab > 0] for m, lab in zip(refine_matched, refine_labels)],
-        )
-        return losses
-
-    def _forward_eval(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
-    ) -> list[dict[str, Tensor]]:
-        class_logits, box_regression = self.box_predictor(
-            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        )
-        # Stage 1's detections, as torchvision's Mask R-CNN outputs them, with the logits they came from.
-        boxes, scores, labels, source = self.stage1_detections(
-            class_logits, box_regression, proposals, image_shapes
-        )
-        counts = [b.shape[0] for b in boxes]
-        labels_all = torch.cat(labels)
-        stage1_logits = class_logits[torch.cat(source)]
-        stage1_mask_features, probabilities = self._stage1_masks(features, boxes, labels_all, image_shapes)
-
-        refine_logits, refine_deltas = self._refine_boxes(features, boxes, probabilities, image_shapes)
-        if self.refine_cls:
-            fused = fuse_scores(stage1_logits, refine_logits, self.alpha)
-            scores_all = _select_class(F.softmax(fused, -1), labels_all)
-        else:
-            scores_all = torch.cat(scores)
-        if self.refine_reg:
-            refined = self._decode(refine_deltas, torch.cat(boxes), labels_all, image_shapes, counts)
-        else:
-            refined = boxes
-
-        results, keep_all, offset = [], [], 0
-        for boxes_i, scores_i, labels_i in zip(refined, scores_all.split(counts), labels):
-            keep = torch.where(scores_i > self.score_thresh)[0]
-            keep = keep[box_ops.remove_small_boxes(boxes_i[keep], min_size=1e-2)]
-            keep = keep[box_ops.batched_nms(boxes_i[keep], scores_i[keep], labels_i[keep], self.nms_thresh)]
-            keep = keep[: self.detections_per_img]
-            results.append({"boxes": boxes_i[keep], "labels": labels_i[keep], "scores": scores_i[keep]})
-            keep_all.append(keep + offset)
-            offset += boxes_i.shape[0]
-        keep_all = torch.cat(keep_all)
-        kept_labels = labels_all[keep_all]
-        mask_logits = self._refine_masks(
-            features, [r["boxes"] for r in results], stage1_mask_features[keep_all], image_shapes
-        )
-        masks = _select_class(mask_logits, kept_labels).sigmoid()[:, None]
-        for result, masks_i in zip(results, masks.split([r["boxes"].shape[0] for r in results])):
-            result["masks"] = masks_i
-        return results
 
     def stage1_detections(
         self,
