@@ -54,6 +54,9 @@ SIZE_JITTER = 0.2
 CLUSTER_STEP = (0.2, 0.4)
 MIN_VISIBLE_FRACTION = 0.4
 MIN_VISIBLE_PIXELS = 40
+APPEARANCES = ("varied", "uniform")
+# Brightness of the outlines of the "uniform" variant, relative to the fill.
+OUTLINE_SHADE = 0.35
 # Largest distance from the centre to the outline of any class, in units of the instance's size.
 EXTENT = 0.6
 
@@ -65,6 +68,7 @@ def make_synthetic(
     seed: int = 0,
     image_size: int = REFERENCE_IMAGE_SIZE,
     crowding: float = 0.85,
+    appearance: str = "varied",
 ) -> dict[str, Any]:
     """Write the benchmark: ``out_dir/{train,val}/*.png`` and ``out_dir/annotations/{train,val}.json``.
 
@@ -79,6 +83,11 @@ def make_synthetic(
             instances per image scale with it.
         crowding: expected fraction in [0, 1] of the instances drawn in clusters rather than isolated.
             0 gives no intended overlaps, the default 0.85 about half huddled instances, 1 about 60 %.
+        appearance: ``"varied"``: every instance has its own colour and texture, picked to stand out from
+            its neighbours; ``"uniform"`` (the harder variant): all instances of an image share one colour
+            and texture and each is drawn with a dark 1-pixel outline, so only outlines and occlusions
+            separate neighbours, and a rectangle's features mix them most. ``"varied"`` draws exactly
+            what it did before this option existed.
 
     Returns:
         ``{"out_dir": str, "train": {...}, "val": {...}}`` where each split gives ``images_dir``,
@@ -90,6 +99,8 @@ def make_synthetic(
         raise ValueError(f"image_size must be an integer >= 64, got {image_size!r}")
     if not 0.0 <= crowding <= 1.0:
         raise ValueError(f"crowding must lie in [0, 1], got {crowding!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     for name, count in (("num_train", num_train), ("num_val", num_val)):
         if not (isinstance(count, int) and count >= 0):
             raise ValueError(f"{name} must be a non-negative integer, got {count!r}")
@@ -104,7 +115,7 @@ def make_synthetic(
             images, annotations, num_huddled = [], [], 0
             for index in range(count):
                 rng = Generator(PCG64(SeedSequence(seed, spawn_key=(split_index, index))))
-                pixels, labels, masks = _draw_image(rng, image_size, crowding)
+                pixels, labels, masks = _draw_image(rng, image_size, crowding, appearance)
                 file_name = f"{index:06d}.png"
                 Image.fromarray(pixels).save(images_dir / file_name, format="PNG", compress_level=6)
                 image_id = index + 1
@@ -134,6 +145,7 @@ def make_synthetic(
                     "seed": seed,
                     "image_size": image_size,
                     "crowding": crowding,
+                    "appearance": appearance,
                 },
                 "licenses": [],
                 "images": images,
@@ -153,7 +165,9 @@ def make_synthetic(
     return summary
 
 
-def _draw_image(rng: Generator, size: int, crowding: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_image(
+    rng: Generator, size: int, crowding: float, appearance: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lay out and paint one image.
 
     Returns:
@@ -172,15 +186,45 @@ def _draw_image(rng: Generator, size: int, crowding: float) -> tuple[np.ndarray,
     visible = _visible(shapes[keep])
 
     pixels = _background(rng, size, xs, ys)
-    colours = np.empty((len(labels), 3))
-    for i, mask in enumerate(visible):
-        cx, cy = centres[i].astype(int)
-        near = np.linalg.norm(centres[:i] - centres[i], axis=1) < EXTENT * (sizes[:i] + sizes[i])
-        colours[i] = _pick_colour(rng, np.concatenate([pixels[cy, cx][None], colours[:i][near]]))
-        pixels[mask] = _texture(rng, colours[i], xs[mask], ys[mask])
+    if appearance == "uniform":
+        _paint_uniform(rng, pixels, shapes[keep], visible, xs, ys)
+    else:
+        colours = np.empty((len(labels), 3))
+        for i, mask in enumerate(visible):
+            cx, cy = centres[i].astype(int)
+            near = np.linalg.norm(centres[:i] - centres[i], axis=1) < EXTENT * (sizes[:i] + sizes[i])
+            colours[i] = _pick_colour(rng, np.concatenate([pixels[cy, cx][None], colours[:i][near]]))
+            pixels[mask] = _texture(rng, colours[i], xs[mask], ys[mask])
     pixels += rng.normal(0.0, 0.02, pixels.shape)
     pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
     return pixels, labels + 1, visible.astype(np.uint8)
+
+
+def _paint_uniform(
+    rng: Generator,
+    pixels: np.ndarray,
+    shapes: np.ndarray,
+    visible: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """Paint every instance with the image's one fill and a dark outline of its whole shape, in place.
+
+    Args:
+        pixels: float ``[H, W, 3]`` background, painted over; shapes, visible: bool ``[N, H, W]`` whole
+            shapes and their visible parts; xs, ys: pixel-centre coordinates ``[H, W]``.
+    """
+    size = pixels.shape[0]
+    colour = _pick_colour(rng, pixels[size // 2, size // 2][None])
+    fill = _texture(rng, colour, xs.ravel(), ys.ravel()).reshape(pixels.shape)
+    padded = np.pad(shapes, ((0, 0), (1, 1), (1, 1)))
+    interior = (
+        padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:] & shapes
+    )
+    for shape_visible, outline in zip(visible, shapes & ~interior):
+        pixels[shape_visible] = fill[shape_visible]
+        rim = shape_visible & outline
+        pixels[rim] = fill[rim] * OUTLINE_SHADE
 
 
 def _layout(rng: Generator, size: int, crowding: float) -> tuple[np.ndarray, ...]:
