@@ -8,13 +8,18 @@ import torch
 import torch.distributed as dist
 
 
-def init_distributed() -> bool:
+def _use_cuda(device: str | None) -> bool:
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def init_distributed(device: str | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment.
 
     ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in every
     process it starts, on every node, so multi-node runs need nothing more. The backend is NCCL when CUDA
-    is available, each process then using GPU ``LOCAL_RANK``, and gloo otherwise. Nothing happens without
-    those variables (a plain ``python`` launch) or when a process group exists already.
+    is available and ``device`` is not ``"cpu"``, each process then using GPU ``LOCAL_RANK``, and gloo
+    otherwise. Nothing happens without those variables (a plain ``python`` launch) or when a process group
+    exists already.
 
     Returns:
         Whether this call created the process group, which its caller then ends with :func:`cleanup`.
@@ -23,7 +28,7 @@ def init_distributed() -> bool:
         return False
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
-    if torch.cuda.is_available():
+    if _use_cuda(device):
         gpus = torch.cuda.device_count()
         if local_rank() >= gpus:
             raise ValueError(
@@ -68,9 +73,10 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """This process's device: GPU ``LOCAL_RANK`` when CUDA is available, else the CPU."""
-    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+def device(kind: str | None = None) -> torch.device:
+    """This process's device: GPU ``LOCAL_RANK`` when CUDA is available and ``kind`` is not ``"cpu"``,
+    else the CPU."""
+    return torch.device("cuda", local_rank()) if _use_cuda(kind) else torch.device("cpu")
 
 
 def barrier() -> None:

@@ -1,26 +1,23 @@
-"""COCO evaluation of a model over a dataset split, sharded across processes, and loading a trained model."""
+"""COCO evaluation of a model over a dataset split, sharded across processes."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from torchvision.models.detection._utils import overwrite_eps
 from tqdm import tqdm
 
-from ..config import apply_overrides
 from ..data import CocoDetection, collate_fn
-from ..models import build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import resolve_device
 from .coco_eval import DEFAULT_BACKEND, evaluate_split
 from .distributed import rank, world_size
 from .results import to_coco_results, write_results
@@ -28,63 +25,16 @@ from .results import to_coco_results, write_results
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, or CUDA when available and the CPU otherwise; an unusable device is a ``ValueError``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {str(device)!r} is not a torch device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available")
-    return device
-
-
-def load_model(
-    weights: str | Path,
-    config: dict[str, Any] | None = None,
-    device: str | torch.device | None = None,
-    overrides: Sequence[str] = (),
-) -> tuple[nn.Module, dict[str, Any], dict[int, str]]:
-    """Build the model a checkpoint was trained as and load its weights, strictly.
-
-    Args:
-        weights: an mrrcnn checkpoint (``model``, ``config``, ``categories``).
-        config: the run configuration to build from instead of the checkpoint's; its ``model`` section may
-            differ in what holds no weights, such as MR R-CNN's ``alpha``.
-        device: where to put the model (default: CUDA if available, else the CPU).
-        overrides: ``section.key=value`` applied over the configuration used.
-
-    Returns:
-        The model in eval mode on ``device``, the configuration used, and category id -> name.
-    """
-    device = resolve_device(device)
-    checkpoint = load_checkpoint(weights)
-    if not isinstance(checkpoint.get("model"), dict):
-        raise ValueError(f"{weights}: checkpoint holds no 'model' state_dict")
-    if config is None:
-        config = checkpoint.get("config")
-        if not isinstance(config, dict) or "name" not in config.get("model", {}):
-            raise ValueError(f"{weights}: checkpoint carries no run configuration; give one (--config)")
-    config = apply_overrides(config, overrides)
-    kwargs = dict(config["model"])
-    base = kwargs.get("base_weights")
-    # The checkpoint holds every weight. A model started from pretrained weights has frozen batch norms,
-    # so it is rebuilt from a pretrained state, the checkpoint itself, rather than from its original
-    # base (which may be a download, or a file since moved away).
-    if kwargs.pop("weights_backbone", None) is not None or base is not None:
-        kwargs["base_weights"] = str(weights)
-    model = build_model(**kwargs)
-    if isinstance(base, str) and base.split(".")[-1] in ("COCO_V1", "DEFAULT"):
-        # As the builder did for torchvision's COCO Mask R-CNN, trained with a zero-eps frozen batch norm.
-        overwrite_eps(model, 0.0)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not fit model {kwargs['name']!r}: {e}") from e
-    categories = {int(k): str(v) for k, v in (checkpoint.get("categories") or {}).items()}
-    return model.to(device).eval(), config, categories
+def _oracle_target(
+    target: dict[str, Any], device: torch.device, oracle_masks: Callable[[dict[str, Any]], Tensor] | None
+) -> dict[str, Tensor]:
+    """The boxes and (optionally transformed) masks a ground-truth-reading model is given at evaluation."""
+    masks = target["masks"] if oracle_masks is None else oracle_masks(target)
+    return {
+        "boxes": target["boxes"].to(device),
+        "labels": target["labels"].to(device),
+        "masks": masks.to(device),
+    }
 
 
 def evaluate_model(
@@ -94,6 +44,7 @@ def evaluate_model(
     output_dir: str | Path | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    oracle_masks: Callable[[dict[str, Any]], Tensor] | None = None,
 ) -> dict[str, float]:
     """COCO box and mask AP of ``model`` on a split, overall and on huddled / isolated instances.
 
@@ -109,6 +60,11 @@ def evaluate_model(
             ``metrics_{split}.json`` (the metrics, NaN written as null) there.
         progress: show a progress bar (rank 0).
         device: where to run the model (moved there); default: where its parameters are.
+        oracle_masks: for a model whose Shape-aware RoIAlign reads the ground truth (the diagnostic
+            ``sara_masks="ground_truth"``, which is then given the targets): a function of each image's
+            target (``boxes``, ``labels``, ``masks: UInt8Tensor[N, H, W]``, ``image_id``) returning the
+            0/1 masks the model reads instead (same shape and dtype: the model's transform resizes them
+            as uint8), e.g. degraded ones. The metrics are always against the true ground truth.
 
     Returns:
         :func:`mrrcnn.engine.coco_eval.evaluate_split`'s metrics in percent on rank 0, ``{}`` elsewhere.
@@ -147,7 +103,11 @@ def evaluate_model(
             ):
                 if not images:  # every image of the batch was unreadable and skipped (data.skip_bad)
                     continue
-                outputs = model([image.to(device, non_blocking=True) for image in images])
+                images = [image.to(device, non_blocking=True) for image in images]
+                if getattr(model.roi_heads, "sara_masks", "predicted") == "ground_truth":
+                    outputs = model(images, [_oracle_target(t, device, oracle_masks) for t in targets])
+                else:
+                    outputs = model(images)
                 # Records as soon as possible: full-image mask probabilities of a whole split would not fit.
                 ids = [target["image_id"] for target in targets]
                 records.extend(to_coco_results(dict(zip(ids, outputs)), mask_threshold))
