@@ -2,7 +2,8 @@
 
 Bad input (a ``ValueError`` or ``OSError`` from the library) ends the command with one line
 ``mrrcnn <command>: error: ...`` and exit status 2, a diverged training (``FloatingPointError``) likewise
-with status 1; ``--debug`` shows the traceback instead.
+with status 1, Ctrl-C with one line and status 130; ``--debug`` shows the traceback instead. Every command
+takes configuration overrides the same way: ``section.key=value`` arguments.
 """
 
 from __future__ import annotations
@@ -11,24 +12,29 @@ import argparse
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import load_config
+from .config import SECTIONS, load_config
 from .data import make_synthetic
+from .data.synthetic import APPEARANCES
 from .engine import distributed
+from .engine.checkpoint import load_model
 from .engine.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
-from .engine.evaluate import evaluate_model, load_model
+from .engine.evaluate import evaluate_model
 from .engine.predict import predict
 from .engine.train import train
 
 
 def _synth(args: argparse.Namespace) -> None:
-    summary = make_synthetic(args.out, args.train, args.val, args.seed, args.image_size, args.crowding)
+    summary = make_synthetic(
+        args.out, args.train, args.val, args.seed, args.image_size, args.crowding, args.appearance
+    )
     for split in ("train", "val"):
         s = summary[split]
         print(
@@ -44,14 +50,24 @@ def _train(args: argparse.Namespace) -> None:
         print(final)
 
 
+def _output_folder(out: Path) -> Path:
+    """``out``, created, checked before any work: a folder that results can be written to."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; it must be a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: folder is not writable")
+    return out
+
+
 def _eval(args: argparse.Namespace) -> None:
-    # Under torchrun every process evaluates a shard of the images on its own GPU.
-    created = distributed.init_distributed()
+    out = _output_folder(args.out if args.out is not None else Path(args.weights).parent)
+    # Under torchrun every process evaluates a shard of the images on its own device.
+    created = distributed.init_distributed(args.device)
     try:
         config = load_config(args.config) if args.config is not None else None
-        device = distributed.device() if created else args.device
+        device = distributed.device(args.device) if created else args.device
         model, config, _ = load_model(args.weights, config, device, args.overrides)
-        out = args.out if args.out is not None else Path(args.weights).parent
         metrics = evaluate_model(model, config, args.split, out, progress=not args.no_progress)
     finally:
         if created:
@@ -68,15 +84,17 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    # One override syntax for every command: KEY=VALUE arguments among the images.
+    overrides = [a for a in args.inputs if _OVERRIDE.match(a)]
     path = predict(
         args.weights,
-        args.inputs,
+        [Path(a) for a in args.inputs if not _OVERRIDE.match(a)],
         args.out,
         config=load_config(args.config) if args.config is not None else None,
         score_threshold=args.score_threshold,
         device=args.device,
         batch_size=args.batch_size,
-        overrides=args.overrides,
+        overrides=overrides,
         progress=not args.no_progress,
     )
     print(path)
@@ -95,6 +113,10 @@ def _demo(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
     )
     print(f"table: {result['results']}\ncomparison: {result['comparison']}")
+
+
+CONFIG_HELP = "a YAML file, or a shipped config by name, e.g. synthetic/mrrcnn_small or coco/mrrcnn_r50_fpn"
+_OVERRIDE = re.compile(rf"^({'|'.join(SECTIONS)})\.[^=]+=")
 
 
 def _defaults(function: Callable) -> dict[str, Any]:
@@ -143,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="expected fraction of instances drawn in clusters (default: %(default)s)",
     )
+    p.add_argument(
+        "--appearance",
+        choices=APPEARANCES,
+        default=synth["appearance"],
+        help="varied: each instance its own colour and texture; uniform (harder): one colour and texture "
+        "per image, instances separated by outlines only (default: %(default)s)",
+    )
     p.set_defaults(func=_synth)
 
     p = commands.add_parser(
@@ -151,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (also under torchrun)",
         epilog="Multi-GPU: torchrun --nproc_per_node=N -m mrrcnn train --config FILE",
     )
-    p.add_argument("--config", required=True, type=Path, help="YAML config, see configs/")
+    p.add_argument("--config", required=True, help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("eval", parents=[common, device, overrides], help="COCO AP of a checkpoint")
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
-    p.add_argument("--config", type=Path, help="YAML config (default: the one the checkpoint carries)")
+    p.add_argument("--config", help=f"{CONFIG_HELP} (default: the one the checkpoint carries)")
     p.add_argument("--split", default="val", help="data split of the config (default: %(default)s)")
     p.add_argument("--out", type=Path, help="folder for results/metrics json (default: the checkpoint's)")
     p.set_defaults(func=_eval)
@@ -165,18 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "predict", parents=[common, device], help="draw and save a checkpoint's detections"
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR|KEY=VALUE",
+        help="image files or folders, and config overrides such as model.alpha=0.5",
+    )
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--config", type=Path, help="YAML config (default: the one the checkpoint carries)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, repeatable, e.g. --set model.alpha=0.5",
-    )
+    p.add_argument("--config", help=f"{CONFIG_HELP} (default: the one the checkpoint carries)")
     p.add_argument(
         "--score-threshold", type=float, default=0.5, help="least score drawn (default: %(default)s)"
     )
@@ -219,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__package__).setLevel(logging.DEBUG)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Checkpoints are written atomically: the last one written is whole.
+        print(f"mrrcnn {args.command}: interrupted; nothing written is damaged", file=sys.stderr)
+        return 130
     except (ValueError, OSError, FloatingPointError) as e:
         if args.debug:
             raise

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
+
+from .images import raw_size, read_image
 
 Target = dict[str, Any]
 
@@ -144,35 +144,33 @@ class CocoDetection(Dataset):
     def _load_image(self, record: dict) -> Tensor:
         path = self.images_dir / record["file_name"]
         name = f"{path} (image id={record['id']} in {self.annotation_file})"
-        try:
-            # load() inside the with block reads the whole file now, so no handle outlives the call.
-            with Image.open(path) as pil:
-                pil.load()
-                size = pil.size
-                pil = pil.convert("RGB")
-        except (OSError, SyntaxError) as err:
-            # PIL reports some broken PNG chunks as SyntaxError.
-            raise ValueError(f"{name}: cannot read image: {err}") from err
-        if size != (record["width"], record["height"]):
-            raise ValueError(
-                f"{name}: image is {size[0]}x{size[1]} (width x height), "
-                f"the json says {record['width']}x{record['height']}"
+        image = read_image(path, name)
+        height, width = image.shape[1:]
+        if (width, height) != (record["width"], record["height"]):
+            turned = (
+                " (as displayed, its EXIF orientation applied)" if raw_size(path) != (width, height) else ""
             )
-        return pil_to_tensor(pil).float().div_(255)
+            stored = raw_size(path) == (record["width"], record["height"])
+            hint = "; the json has the stored size: annotate the image as displayed" if stored else ""
+            raise ValueError(
+                f"{name}: image is {width}x{height} (width x height){turned}, "
+                f"the json says {record['width']}x{record['height']}{hint}"
+            )
+        return image
 
     def _load_target(self, record: dict) -> Target:
         height, width = record["height"], record["width"]
         anns = [ann for ann in self.coco.imgToAnns[record["id"]] if not ann["iscrowd"]]
         masks = np.empty((len(anns), height, width), dtype=np.uint8)
         for i, ann in enumerate(anns):
+            where = f"{self.annotation_file}: annotation id={ann['id']} (image id={record['id']})"
             try:
                 masks[i] = mask_util.decode(self.coco.annToRLE(ann))
             except ValueError as err:
                 # A compressed RLE string is only decoded here: checking them all up front costs too much.
-                raise ValueError(
-                    f"{self.annotation_file}: annotation id={ann['id']} (image id={record['id']}): "
-                    f"cannot decode segmentation: {err}"
-                ) from err
+                raise ValueError(f"{where}: cannot decode segmentation: {err}") from err
+            if not masks[i].any():
+                raise ValueError(f"{where}: its segmentation covers no pixel of the {width}x{height} image")
         boxes = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
@@ -277,6 +275,12 @@ def _segmentation_problem(segm: Any, image: dict) -> str | None:
                 return f"'segmentation' polygon {i} is not a list of finite numbers"
             if len(polygon) < 6 or len(polygon) % 2:
                 return f"'segmentation' polygon {i} has {len(polygon)} coordinates, needs an even number >= 6"
+        xs = [v for polygon in segm for v in polygon[0::2]]
+        ys = [v for polygon in segm for v in polygon[1::2]]
+        if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= image["width"] or min(ys) >= image["height"]:
+            return (
+                f"'segmentation' polygons lie entirely outside the {image['width']}x{image['height']} image"
+            )
         return None
     if not isinstance(segm, dict):
         return f"'segmentation' must be a polygon list or an RLE object, got {type(segm).__name__}"

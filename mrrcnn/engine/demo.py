@@ -9,18 +9,17 @@ from typing import Any
 
 import torch
 
-import mrrcnn
-
-from ..config import load_config
+from ..config import CONFIG_DIR, load_config
 from ..data import CocoDetection, make_synthetic, most_huddled
+from .checkpoint import load_model
 from .coco_eval import format_table
-from .evaluate import evaluate_model, load_model
+from .evaluate import evaluate_model
 from .train import train
 from .visualize import draw_predictions, side_by_side
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(mrrcnn.__file__).resolve().parents[1] / "configs" / "synthetic"
+CONFIGS = CONFIG_DIR / "synthetic"
 # (column title, run folder under the demo's, config file under CONFIGS, folder of the run it starts from)
 RUNS = (
     ("Mask R-CNN", "maskrcnn", "maskrcnn_small.yaml", None),
@@ -106,7 +105,7 @@ def run_demo(
     for _, _, name, _ in RUNS:
         if not (CONFIGS / name).is_file():
             raise ValueError(
-                f"demo config {CONFIGS / name} is missing: the demo runs from a repository checkout"
+                f"demo config {CONFIGS / name} is missing: the mrrcnn installation is incomplete"
             )
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +11,11 @@ from typing import Any
 
 import pycocotools.mask as mask_util
 import torch
-from PIL import Image
 from torch import Tensor
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from .evaluate import load_model
+from ..data.images import read_image
+from .checkpoint import load_model
 from .results import to_coco_results
 from .visualize import draw_predictions
 
@@ -47,15 +47,21 @@ def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _read_image(path: Path) -> Tensor:
-    """``Tensor[3, H, W]`` RGB in [0, 1]."""
-    try:
-        with Image.open(path) as pil:
-            pil = pil.convert("RGB")
-    except (OSError, SyntaxError) as e:
-        # PIL reports some broken PNG chunks as SyntaxError.
-        raise ValueError(f"{path}: cannot read image: {e}") from e
-    return pil_to_tensor(pil).float().div_(255)
+# The smallest side an image may have once the model has resized it: the backbone's coarsest stride.
+MIN_RESIZED_SIDE = 32
+
+
+def _check_size(model: torch.nn.Module, image: Tensor, path: Path) -> None:
+    """Refuse an image that the model's resizing would shrink below :data:`MIN_RESIZED_SIDE` pixels."""
+    height, width = image.shape[1:]
+    transform = model.transform
+    scale = min(min(transform.min_size) / min(height, width), transform.max_size / max(height, width))
+    short = int(min(height, width) * scale)
+    if short < MIN_RESIZED_SIDE:
+        raise ValueError(
+            f"{path}: a {width}x{height} image would be resized to a shorter side of {short} px (model max_size "
+            f"{transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; crop or pad it"
+        )
 
 
 def predict(
@@ -94,6 +100,8 @@ def predict(
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(score_threshold, (int, float)) and math.isfinite(score_threshold)):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")
     files = _image_files(inputs)
     out_dir = Path(out_dir)
     for path in files:
@@ -109,9 +117,11 @@ def predict(
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, torch.no_grad():
         for start in range(0, len(files), batch_size):
             batch = [
-                (start + k + 1, path, _read_image(path))
+                (start + k + 1, path, read_image(path))
                 for k, path in enumerate(files[start : start + batch_size])
             ]
+            for _, path, image in batch:
+                _check_size(model, image, path)
             outputs = model([image.to(device) for _, _, image in batch])
             for (image_id, path, image), output in zip(batch, outputs):
                 output = {key: value.cpu() for key, value in output.items()}

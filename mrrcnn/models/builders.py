@@ -22,8 +22,7 @@ from torchvision.models import (
     resnet,
 )
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
-from torchvision.models.detection._utils import overwrite_eps
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
@@ -35,12 +34,20 @@ from .mask_refining_rcnn import MaskRefiningRCNN
 
 WeightsLike = str | Path | WeightsEnum | None
 
-# (torchvision trunk, its ImageNet weights enum, torchvision's COCO Mask R-CNN weights enum if any)
+# torchvision trunk: (its ImageNet weights enum, torchvision's COCO Mask R-CNN weights enum if any)
 _TRUNKS = {
-    "resnet50": (resnet.resnet50, ResNet50_Weights, MaskRCNN_ResNet50_FPN_Weights),
-    "resnet101": (resnet.resnet101, ResNet101_Weights, None),
-    "resnext101_32x8d": (resnet.resnext101_32x8d, ResNeXt101_32X8D_Weights, None),
+    "resnet50": (ResNet50_Weights, MaskRCNN_ResNet50_FPN_Weights),
+    "resnet101": (ResNet101_Weights, None),
+    "resnext101_32x8d": (ResNeXt101_32X8D_Weights, None),
 }
+
+
+def zero_frozen_batch_norm_eps(model: nn.Module) -> None:
+    """Set every ``FrozenBatchNorm2d``'s eps to 0, as torchvision does for its COCO Mask R-CNN weights,
+    which were trained before torchvision's eps fix (pytorch/vision#2933)."""
+    for module in model.modules():
+        if isinstance(module, misc_nn_ops.FrozenBatchNorm2d):
+            module.eps = 0.0
 
 
 def _fast_poolers() -> dict[str, MultiScaleShapeAwareRoIAlign]:
@@ -55,6 +62,8 @@ def _weights_enum(weights: WeightsLike, enum: type[WeightsEnum] | None, what: st
     """A torchvision weights enum from itself or its name (``"COCO_V1"``, ``"DEFAULT"``, ``"Enum.NAME"``)."""
     if weights is None or isinstance(weights, WeightsEnum):
         return weights
+    if Path(str(weights)).suffix in (".pth", ".pt", ".ckpt") or "/" in str(weights):
+        raise ValueError(f"{what}={str(weights)!r}: no such checkpoint file")
     if enum is None:
         raise ValueError(f"{what}={weights!r}: torchvision has no such weights for this backbone")
     try:
@@ -90,8 +99,7 @@ def _load_base(
         weights = _weights_enum(base_weights, enum, "base_weights")
         state = weights.get_state_dict(progress=progress, check_hash=True)
         if weights == MaskRCNN_ResNet50_FPN_Weights.COCO_V1:
-            # As torchvision does for these weights, trained with a zero-eps frozen batch norm.
-            overwrite_eps(model, 0.0)
+            zero_frozen_batch_norm_eps(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     refining = getattr(model.roi_heads, "refining_parameter_prefixes", ())
     missing = [k for k in missing if not k.startswith(refining)]
@@ -113,7 +121,7 @@ def _build_fpn(
     progress: bool = True,
     **kwargs: Any,
 ) -> MaskRCNN:
-    build_trunk, backbone_enum, coco_enum = _TRUNKS[trunk]
+    backbone_enum, coco_enum = _TRUNKS[trunk]
     from_file = isinstance(base_weights, (str, Path)) and Path(base_weights).is_file()
     coco = (
         None if base_weights is None or from_file else _weights_enum(base_weights, coco_enum, "base_weights")
@@ -130,8 +138,12 @@ def _build_fpn(
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if is_trained else 5
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
-    backbone = build_trunk(weights=weights_backbone, progress=progress, norm_layer=norm_layer)
-    backbone = _resnet_fpn_extractor(backbone, trainable_backbone_layers)
+    backbone = resnet_fpn_backbone(
+        backbone_name=trunk,
+        weights=weights_backbone,
+        norm_layer=norm_layer,
+        trainable_layers=trainable_backbone_layers,
+    )
     model_class = MaskRefiningRCNN if refining else MaskRCNN
     model = model_class(backbone, num_classes=num_classes or 91, **{**_fast_poolers(), **kwargs})
     _load_base(model, base_weights, coco_enum, progress)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops.poolers import LevelMapper
 
 from .shape_aware_roi_align import shape_aware_roi_align
+
+
+def level_scales(features: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
+    """Each feature map's scale relative to the largest image, rounded to a power of two as torchvision
+    rounds it (``Tensor[B, C, H_l, W_l]`` maps of an FPN, images as (height, width))."""
+    if not image_shapes:
+        raise ValueError("image_shapes is empty: pooling needs the size of at least one image")
+    height = max(shape[0] for shape in image_shapes)
+    return [2.0 ** round(math.log2(feature.shape[-2] / height)) for feature in features]
 
 
 class MultiScaleShapeAwareRoIAlign(MultiScaleRoIAlign):
@@ -34,16 +45,20 @@ class MultiScaleShapeAwareRoIAlign(MultiScaleRoIAlign):
             masks: None, ``Tensor[K, Hp, Wp]`` or one ``Tensor[L_i, Hp, Wp]`` per image: instance
                 probabilities, each covering its box.
         """
-        features = _filter_input(x, self.featmap_names)
+        features = [v for k, v in x.items() if k in self.featmap_names]
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(
-                features, image_shapes, self.canonical_scale, self.canonical_level
+            self.scales = level_scales(features, image_shapes)
+            self.map_levels = LevelMapper(
+                int(-math.log2(self.scales[0])),
+                int(-math.log2(self.scales[-1])),
+                canonical_scale=self.canonical_scale,
+                canonical_level=self.canonical_level,
             )
         if isinstance(masks, (list, tuple)):
             if len(masks) != len(boxes):
                 raise ValueError(f"masks: {len(masks)} per-image tensors for {len(boxes)} images of boxes")
             masks = torch.cat(list(masks)) if masks else None
-        rois = _convert_to_roi_format(boxes)
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
         if masks is not None and masks.shape[0] != rois.shape[0]:
             raise ValueError(
                 f"masks holds {masks.shape[0]} maps for {rois.shape[0]} boxes; it needs one per box"
