@@ -2,7 +2,6 @@
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +9,10 @@ from PIL import Image
 
 from mrrcnn import cli
 from mrrcnn.cli import main
+from mrrcnn.config import CONFIG_DIR
 from mrrcnn.engine import demo
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+CONFIGS = CONFIG_DIR / "synthetic"
 TINY = [
     "model.min_size=64",
     "model.max_size=64",

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,14 +7,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchvision.ops import FrozenBatchNorm2d
 
-from mrrcnn.config import load_config
+from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import make_synthetic
-from mrrcnn.engine.checkpoint import save_checkpoint
+from mrrcnn.engine.checkpoint import load_model, resolve_device, save_checkpoint
 from mrrcnn.engine.coco_eval import IOU_TYPES, METRICS, SUBSETS
-from mrrcnn.engine.evaluate import evaluate_model, load_model, resolve_device
+from mrrcnn.engine.evaluate import evaluate_model
 from mrrcnn.models import build_model
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+CONFIGS = CONFIG_DIR / "synthetic"
 KEYS = {
     f"{prefix}{iou_type}/{metric}"
     for prefix in ("", *(f"{subset}/" for subset in SUBSETS))
@@ -119,9 +118,12 @@ def test_load_model_errors(model, config, tmp_path):
     with pytest.raises(ValueError, match=r"bare.pth: checkpoint carries no run configuration.*--config"):
         load_model(bare, device="cpu")
 
-    control = {**config, "model": {**config["model"], "name": "maskrcnn_small"}}
+    refining = ("alpha", "shape_aware", "refine_cls", "refine_reg", "sara_masks")
+    control = {k: v for k, v in config["model"].items() if k not in refining}
     with pytest.raises(ValueError, match="bare.pth: weights do not fit model 'maskrcnn_small'"):
-        load_model(bare, control, device="cpu")
+        load_model(bare, {**config, "model": {**control, "name": "maskrcnn_small"}}, device="cpu")
+    with pytest.raises(ValueError, match="model.alpha does not apply to model 'maskrcnn_small'"):
+        load_model(bare, {**config, "model": {**config["model"], "name": "maskrcnn_small"}}, device="cpu")
 
 
 def test_resolve_device():

@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from mrrcnn.config import load_config
+from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import CLASSES, make_synthetic
 from mrrcnn.engine.checkpoint import save_checkpoint
 from mrrcnn.engine.predict import predict
 from mrrcnn.models import build_model
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+CONFIGS = CONFIG_DIR / "synthetic"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""The report's figures: AP against alpha, the best-box IoU histograms, and SARA's mask-quality curve."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+Metrics = dict[str, Any]
+
+
+def alpha_figure(
+    alphas: dict[float, list[Metrics | None]], paper: dict[float, tuple[float, float]], out: Path
+) -> None:
+    """Box and mask AP (overall, huddled, isolated; mean over seeds) against alpha, the paper's beside."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    ticks = range(len(alphas))
+    for axis, key, paper_index, title in (
+        (axes[0], "bbox/AP", 0, "box AP"),
+        (axes[1], "segm/AP", 1, "mask AP"),
+    ):
+        for subset, style in (("", "o-"), ("huddled/", "s--"), ("isolated/", "^:")):
+            means = [statistics.mean(r[subset + key] for r in rows if r) for rows in alphas.values()]
+            axis.plot(ticks, means, style, label=f"ours, {subset[:-1] or 'all'}")
+        twin = axis.twinx()
+        twin.plot(
+            ticks, [paper[a][paper_index] for a in alphas], "k-.", alpha=0.5, label="paper (COCO, right axis)"
+        )
+        twin.set_ylabel("paper AP (COCO)")
+        axis.set_xticks(ticks, [f"{a:g}" for a in alphas])
+        axis.set_xlabel("alpha")
+        axis.set_ylabel(f"{title} (synthetic val)")
+        axis.set_title(title)
+        ours, theirs = axis.get_legend_handles_labels(), twin.get_legend_handles_labels()
+        axis.legend(ours[0] + theirs[0], ours[1] + theirs[1], fontsize=7)
+    _save(figure, out)
+
+
+def iou_figure(best_ious: dict[str, dict[str, np.ndarray]], out: Path) -> None:
+    """Histograms of each ground-truth instance's best same-class box IoU, by subset and run label."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for axis, subset in zip(axes, ("huddled", "isolated")):
+        for label, ious in best_ious[subset].items():
+            axis.hist(ious, bins=np.linspace(0, 1, 21), histtype="step", label=label)
+        axis.set_title(f"{subset} instances: best same-class box IoU")
+        axis.set_xlabel("IoU")
+        axis.legend(fontsize=7)
+    _save(figure, out)
+
+
+def quality_figure(
+    curves: dict[str, list[tuple[float, float, float]]],
+    levels: dict[str, dict[str, float]],
+    predicted_iou: float,
+    out: Path,
+) -> None:
+    """Box AP and huddled box AP of SARA fed degraded ground-truth masks against the masks' mean IoU.
+
+    Args:
+        curves: family -> points (mask IoU, box AP, huddled box AP), means over seeds.
+        levels: reference levels drawn as horizontal lines, label -> {"bbox/AP": .., "huddled/bbox/AP": ..}.
+        predicted_iou: mean IoU of stage 1's predicted masks, drawn as a vertical line.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, column, key, title in (
+        (axes[0], 1, "bbox/AP", "box AP"),
+        (axes[1], 2, "huddled/bbox/AP", "huddled box AP"),
+    ):
+        for family, points in curves.items():
+            points = sorted(points)
+            axis.plot(
+                [p[0] for p in points], [p[column] for p in points], "o-", label=f"ground truth, {family}"
+            )
+        for (label, values), style in zip(levels.items(), ("k--", "r:", "g-.")):
+            axis.axhline(values[key], color=style[0], linestyle=style[1:], label=label)
+        axis.axvline(predicted_iou, color="grey", linestyle=":", label="quality of predicted masks")
+        axis.set_xlabel("mean IoU of the masks SARA reads with the true masks")
+        axis.set_ylabel(f"{title} (val)")
+        axis.set_title(f"{title} against mask quality")
+        axis.legend(fontsize=6)
+    _save(figure, out)
+
+
+def _save(figure: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
