@@ -161,6 +161,11 @@ def _rle_size_mismatch(d):
     d["annotations"][2]["segmentation"]["size"] = [W, H]
 
 
+def _polygon_outside(d):
+    # Its bbox lies inside the image, but the polygon does not: it would give an empty mask.
+    d["annotations"][0]["segmentation"] = [[W + 1, 3, W + 8, 3, W + 8, 7]]
+
+
 BAD_RECORDS = [
     (_unknown_image, 10, 99, "image_id 99"),
     (_unknown_category, 10, 1, "category_id 2"),
@@ -168,6 +173,7 @@ BAD_RECORDS = [
     (_short_bbox, 10, 1, "'bbox' must be 4 finite numbers"),
     (_odd_polygon, 10, 1, "polygon 0 has 7 coordinates"),
     (_rle_size_mismatch, 12, 1, "RLE 'size'"),
+    (_polygon_outside, 10, 1, "polygons lie entirely outside the 64x48 image"),
 ]
 
 
@@ -268,4 +274,39 @@ def test_undecodable_compressed_rle(tmp_path):
     dataset["annotations"][2]["segmentation"]["counts"] = "0PP4"  # runs of a 64 x 64 mask
     annotation_file = _write(tmp_path, dataset)
     with pytest.raises(ValueError, match="annotation id=12 \\(image id=1\\): cannot decode segmentation"):
+        CocoDetection(tmp_path, annotation_file)[0]
+
+
+# pytest.warns re-emits the warnings it did not match, pycocotools' NumPy 2 deprecation among them.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_segmentation_covering_no_pixel_is_named(tmp_path):
+    dataset = _dataset_json()
+    # Inside the image, but a sliver thinner than a pixel centre: pycocotools rasterises nothing.
+    dataset["annotations"][0]["segmentation"] = [[2.0, 3.0, 8.0, 3.0, 8.0, 3.2]]
+    annotation_file = _write(tmp_path, dataset)
+    with pytest.raises(
+        ValueError, match=r"annotation id=10 \(image id=1\): its segmentation covers no pixel"
+    ):
+        CocoDetection(tmp_path, annotation_file)[0]
+    with pytest.warns(UserWarning, match="covers no pixel"):
+        assert CocoDetection(tmp_path, annotation_file, skip_bad=True)[0] is None
+
+
+def test_exif_rotated_image_annotated_as_displayed(tmp_path):
+    dataset = _dataset_json()
+    annotation_file = _write(tmp_path, dataset)
+    pixels = np.asarray(Image.open(tmp_path / "rgb.png"))
+    # Stored 48 x 64 (width x height), displayed 64 x 48 after a 90-degree turn (orientation 6).
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(pixels, 1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "rgb.png", exif=exif)
+    image, _ = CocoDetection(tmp_path, annotation_file)[0]
+    assert torch.equal(image, torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255)
+
+    # The same json for the stored size: the message says why it does not fit.
+    dataset["images"][0].update(width=H, height=W)
+    dataset["annotations"] = dataset["annotations"][:1]
+    annotation_file.write_text(json.dumps(dataset))
+    with pytest.raises(ValueError, match="its EXIF orientation applied.*the json has the stored size"):
         CocoDetection(tmp_path, annotation_file)[0]
