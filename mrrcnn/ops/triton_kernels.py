@@ -150,13 +150,16 @@ def _mask_scales(
     mask_h, mask_w, gh, gw, OH: tl.constexpr, OW: tl.constexpr, SAMPLING: tl.constexpr, DTYPE: tl.constexpr
 ):
     """Mask pixels per sample along each axis, as ``F.interpolate`` computes them (``in / out``)."""
+    # tl.cast, not .to: Triton passes an int argument equal to 1 as a constant, which has no .to.
+    mask_h = tl.cast(mask_h, DTYPE)
+    mask_w = tl.cast(mask_w, DTYPE)
     if SAMPLING > 0:
-        scale_my = mask_h.to(DTYPE) / (OH * SAMPLING)
-        scale_mx = mask_w.to(DTYPE) / (OW * SAMPLING)
+        scale_my = mask_h / (OH * SAMPLING)
+        scale_mx = mask_w / (OW * SAMPLING)
     else:
         # An empty grid samples nothing: any finite scale does.
-        scale_my = mask_h.to(DTYPE) / (OH * tl.maximum(gh, 1))
-        scale_mx = mask_w.to(DTYPE) / (OW * tl.maximum(gw, 1))
+        scale_my = mask_h / (OH * tl.maximum(gh, 1))
+        scale_mx = mask_w / (OW * tl.maximum(gw, 1))
     return scale_my, scale_mx
 
 
@@ -440,8 +443,9 @@ def shape_aware_roi_align_rois(
         rois = rois.to(dtype)
         rois = torch.cat([rois[:, :1], rois[:, 1:] * spatial_scale], dim=1)
         spatial_scale = 1.0
+    # A float, so that the kernels do not specialise on an int scale (an int 1 becomes a constant).
     return _ShapeAwareRoIAlign.apply(
-        input, rois.contiguous(), masks, output_size, spatial_scale, sampling_ratio, aligned
+        input, rois.contiguous(), masks, output_size, float(spatial_scale), sampling_ratio, aligned
     )
 
 

@@ -97,6 +97,18 @@ def test_forward_matches_reference(device, aligned, sampling_ratio, scale):
     torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-12)
 
 
+def test_unit_sizes(device):
+    # Triton passes int arguments equal to 1 as constants: one image, one channel, one-pixel-wide masks.
+    g = torch.Generator().manual_seed(8)
+    features = torch.randn(1, 1, 5, 6, generator=g, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 0.5, 9.0, 8.0], [0, -2.0, 3.0, 4.0, 11.0]], dtype=torch.float64)
+    for mask_size in [(1, 1), (1, 4), (3, 1)]:
+        masks = torch.rand(2, *mask_size, generator=g, dtype=torch.float64)
+        expected = shape_aware_roi_align_reference(features, rois, masks, (2, 3), 0.5, -1, False)
+        actual = shape_aware_roi_align_triton(*to(device, features, rois, masks), (2, 3), 0.5, -1)
+        torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "channels_last", "strided"])
 @pytest.mark.parametrize("sampling_ratio, aligned", [(-1, False), (2, True)])
 def test_gradients_match_reference(device, layout, sampling_ratio, aligned):
