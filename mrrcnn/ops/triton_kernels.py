@@ -21,6 +21,7 @@ rule, the mask read bilinearly on the RoI's sample grid with ``align_corners=Fal
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -316,6 +317,11 @@ def _compute_dtype(input: Tensor) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if input.dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+def _device_of(input: Tensor) -> contextlib.AbstractContextManager:
+    """Launch on ``input``'s GPU, not the current one (nothing to do for the interpreter's CPU tensors)."""
+    return torch.cuda.device(input.device) if input.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _map_arguments(input: Tensor) -> list[int]:
     """``batch, channels, height, width`` and the four strides of ``input``."""
     return [*input.shape, *input.stride()]
@@ -355,12 +361,14 @@ class _ShapeAwareRoIAlign(torch.autograd.Function):
         unroll = _UNROLLED_SAMPLING if channels_last and sampling_ratio == _UNROLLED_SAMPLING else 1
         grid = (k * triton.cdiv(oh * ow, block_bins), triton.cdiv(channels, block_c))
         mask_tensor, mask_sizes = _mask_arguments(masks, rois)
-        _forward_kernel[grid](
-            input, rois, mask_tensor, out, *_map_arguments(input), *mask_sizes, *out.stride(), spatial_scale,
-            OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned, HAS_MASK=masks is not None,
-            CHANNELS_LAST=channels_last, BLOCK_BINS=block_bins, BLOCK_C=block_c,
-            DTYPE=_compute_dtype(input)[1], UNROLL=unroll, num_warps=4,
-        )  # fmt: skip
+        with _device_of(input):
+            _forward_kernel[grid](
+                input, rois, mask_tensor, out,
+                *_map_arguments(input), *mask_sizes, *out.stride(), spatial_scale,
+                OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned, HAS_MASK=masks is not None,
+                CHANNELS_LAST=channels_last, BLOCK_BINS=block_bins, BLOCK_C=block_c,
+                DTYPE=_compute_dtype(input)[1], UNROLL=unroll, num_warps=4,
+            )  # fmt: skip
         return out
 
     @staticmethod
@@ -371,8 +379,9 @@ class _ShapeAwareRoIAlign(torch.autograd.Function):
         feature_grad, mask_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         _alert_not_deterministic("shape_aware_roi_align_backward (Triton kernel, atomic adds)")
         dtype, tl_dtype = _compute_dtype(input)
+        channels_last = _channels_last(input)
         # Channels-last like the input whenever the kernel writes it with unit channel stride.
-        layout = torch.channels_last if _channels_last(input) else torch.preserve_format
+        layout = torch.channels_last if channels_last else torch.preserve_format
         grad_input = torch.zeros_like(input, dtype=dtype, memory_format=layout) if feature_grad else None
         grad_masks = torch.zeros(masks.shape, dtype=dtype, device=masks.device) if mask_grad else None
         k, channels = rois.shape[0], input.shape[1]
@@ -382,14 +391,15 @@ class _ShapeAwareRoIAlign(torch.autograd.Function):
             mask_tensor, mask_sizes = _mask_arguments(masks, rois)
             # Unused pointers still need a tensor: the input stands in, never written.
             gi = grad_input if feature_grad else input
-            _backward_kernel[grid](
-                grad_out, input, rois, mask_tensor, gi, grad_masks if mask_grad else input,
-                *_map_arguments(input), *gi.stride(), *mask_sizes, *grad_out.stride(), spatial_scale,
-                OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned, HAS_MASK=masks is not None,
-                FEATURE_GRAD=feature_grad, MASK_GRAD=mask_grad, CHANNELS_LAST=_channels_last(input),
-                GRAD_UNIT_C=_channels_last(input) and grad_out.stride(1) == 1,
-                BLOCK_BINS=block_bins, BLOCK_C=block_c, DTYPE=tl_dtype, num_warps=4,
-            )  # fmt: skip
+            with _device_of(input):
+                _backward_kernel[grid](
+                    grad_out, input, rois, mask_tensor, gi, grad_masks if mask_grad else input,
+                    *_map_arguments(input), *gi.stride(), *mask_sizes, *grad_out.stride(), spatial_scale,
+                    OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned,
+                    HAS_MASK=masks is not None, FEATURE_GRAD=feature_grad, MASK_GRAD=mask_grad,
+                    CHANNELS_LAST=channels_last, GRAD_UNIT_C=channels_last and grad_out.stride(1) == 1,
+                    BLOCK_BINS=block_bins, BLOCK_C=block_c, DTYPE=tl_dtype, num_warps=4,
+                )  # fmt: skip
         if grad_input is not None and grad_input.dtype != input.dtype:
             grad_input = grad_input.to(input.dtype)
         return grad_input, None, grad_masks, None, None, None, None
