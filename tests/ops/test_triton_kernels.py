@@ -135,6 +135,19 @@ def test_gradients_match_reference(device, layout, sampling_ratio, aligned):
     torch.testing.assert_close(ours_masks.grad.cpu(), m.grad, rtol=0, atol=1e-12)
 
 
+def test_gradient_for_one_input_only(device):
+    features, rois, masks = to(device, *random_case(seed=6, num_boxes=3))
+    masks = masks.transpose(1, 2).contiguous().transpose(1, 2)  # read through its strides too
+    both = features.clone().requires_grad_(), masks.clone().requires_grad_()
+    shape_aware_roi_align_triton(both[0], rois, both[1], (2, 3), 0.5, 2).sum().backward()
+    f = features.clone().requires_grad_()
+    shape_aware_roi_align_triton(f, rois, masks, (2, 3), 0.5, 2).sum().backward()
+    m = masks.clone().requires_grad_()
+    shape_aware_roi_align_triton(features, rois, m, (2, 3), 0.5, 2).sum().backward()
+    torch.testing.assert_close(f.grad, both[0].grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(m.grad, both[1].grad, rtol=0, atol=1e-12)
+
+
 def test_gradcheck_float64(device):
     features, rois, masks = random_case(seed=11, batch=2, channels=2, size=(6, 7), num_boxes=3)
     features, rois, masks = to(device, features, rois, masks.clamp(0.1, 0.9))
