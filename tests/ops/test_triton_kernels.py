@@ -29,7 +29,7 @@ from mrrcnn.ops.shape_aware_roi_align import (
 )
 from mrrcnn.ops.triton_kernels import shape_aware_roi_align_rois, shape_aware_roi_align_triton
 
-from .test_shape_aware_roi_align import random_case
+from .test_shape_aware_roi_align import EDGE_ROIS, random_case
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 # The module, which the package's function of the same name hides from attribute access.
@@ -195,16 +195,7 @@ def test_no_boxes(device):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on NaN and infinite boxes
 def test_boxes_outside_zero_size_and_non_finite(device):
     features = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    rois = torch.tensor(
-        [
-            [0, -20.0, -20.0, -10.0, -10.0],  # wholly outside: zeros
-            [0, 100.0, 2.0, 120.0, 6.0],  # wholly outside on the right
-            [0, -3.0, -3.0, 4.0, 4.0],  # partly outside
-            [0, 6.0, 6.0, 12.0, 12.0],  # partly outside on the far side
-            [0, 3.0, 3.0, 3.0, 3.0],  # zero size
-        ],
-        dtype=torch.float64,
-    )
+    rois = torch.tensor(EDGE_ROIS, dtype=torch.float64)
     masks = torch.rand(5, 4, 4, dtype=torch.float64)
     for aligned, sampling_ratio in [(False, -1), (True, 2)]:
         out = shape_aware_roi_align_triton(
