@@ -6,11 +6,16 @@ the (at most) ``4 * N`` feature pixels that its ``N`` bilinear samples touch, ea
 broadcasting and let ``torch.nn.functional.embedding_bag`` (a fused gather + weighted sum over
 channels-last rows) do the arithmetic. Autograd through ``embedding_bag`` gives the gradient for the
 features (a scatter-add of the same weights) and for the per-entry weights, and from those for the masks.
+
+That is the CPU implementation. CUDA tensors go to the fused Triton kernels of
+:mod:`mrrcnn.ops.triton_kernels` (same results), and back to this one where those cannot run.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,9 @@ def convert_to_rois(boxes: BoxesLike, input: Tensor) -> Tensor:
     Args:
         boxes: ``Tensor[K, 5]``, or one ``Tensor[L_i, 4]`` per image of the batch (image i gets index i).
         input: the ``Tensor[B, C, H, W]`` feature map the boxes will be pooled from.
+
+    Batch indices are checked on the CPU only: on a GPU the check would wait for the device. There a RoI
+    whose index is not an integer in ``0..B-1`` pools zeros instead.
     """
     batch = input.shape[0]
     if isinstance(boxes, (list, tuple)):
@@ -53,7 +61,7 @@ def convert_to_rois(boxes: BoxesLike, input: Tensor) -> Tensor:
         raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {_describe(boxes)}")
     if boxes.device != input.device:
         raise ValueError(f"boxes is on {boxes.device}, input on {input.device}")
-    if boxes.shape[0]:
+    if boxes.shape[0] and boxes.device.type == "cpu":
         index = boxes[:, 0]
         if bool(((index < 0) | (index >= batch) | (index != index.floor())).any()):
             bad = index[(index < 0) | (index >= batch) | (index != index.floor())][0].item()
@@ -164,11 +172,20 @@ def shape_aware_roi_align(
     ``masks[k]`` bilinearly at continuous pixel coordinates ``(u * Wp - 0.5, v * Hp - 0.5)``, clamped to
     the map's border: what ``F.interpolate(mode="bilinear", align_corners=False)`` does.
 
+    Implementations: on CUDA, fused Triton kernels (:mod:`mrrcnn.ops.triton_kernels`); elsewhere, and on
+    CUDA where Triton is missing or cannot take the input (one warning per process), a gather through
+    ``embedding_bag`` (:func:`shape_aware_roi_align_embedding_bag`). The Triton backward adds with atomics,
+    so it is not bitwise reproducible. Under ``torch.use_deterministic_algorithms(True)``, when the
+    features need a gradient and the masks do not, CUDA takes the ``embedding_bag`` path, whose backward
+    is deterministic; when the masks need one, the Triton backward raises PyTorch's nondeterminism error
+    naming ``shape_aware_roi_align_backward`` (a warning with ``warn_only=True``), as the
+    ``embedding_bag`` path's mask gradient (``F.interpolate``'s CUDA backward) would too.
+
     Args:
-        input: ``Tensor[B, C, H, W]`` features. Channels-last input is used in place; any other layout is
-            copied to channels-last once.
+        input: ``Tensor[B, C, H, W]`` features, in any memory layout. The Triton path reads it through its
+            strides; the ``embedding_bag`` path uses channels-last input in place and copies any other.
         boxes: ``Tensor[K, 5]`` rows (batch index, x1, y1, x2, y2), or a list of ``Tensor[L_i, 4]`` per image,
-            in image coordinates.
+            in image coordinates. Batch indices are checked on the CPU only (see :func:`convert_to_rois`).
         masks: ``Tensor[K, Hp, Wp]`` instance probabilities (not logits), one per box, or None.
         output_size: (oh, ow) bins, or an int for both.
         spatial_scale: feature-map pixels per image pixel (e.g. 1/16).
@@ -176,32 +193,128 @@ def shape_aware_roi_align(
         aligned: shift box coordinates by -0.5 pixel (pixel-centre convention).
 
     Returns:
-        ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, in channels-last memory format. Differentiable with
-        respect to ``input`` and ``masks``.
+        ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, differentiable with respect to ``input`` and
+        ``masks``. Channels-last memory format, except from the Triton path for input that is not
+        channels-last (then contiguous).
     """
+    rois, masks, size = validate_arguments(input, boxes, masks, output_size, spatial_scale)
+    if input.device.type == "cuda":
+        kernels = _triton_kernels(input)
+        if kernels is not None and not _deterministic_route(input, masks):
+            return kernels.shape_aware_roi_align_rois(
+                input, rois, masks, size, spatial_scale, sampling_ratio, aligned
+            )
+        if input.dtype == torch.bfloat16:
+            # This path fails for bfloat16 on CUDA (embedding_bag with per-sample weights): float32 it is.
+            out = _embedding_bag(input.float(), rois, masks, size, spatial_scale, sampling_ratio, aligned)
+            return out.to(torch.bfloat16)
+    return _embedding_bag(input, rois, masks, size, spatial_scale, sampling_ratio, aligned)
+
+
+def validate_arguments(
+    input: Tensor,
+    boxes: BoxesLike,
+    masks: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+) -> tuple[Tensor, Tensor | None, tuple[int, int]]:
+    """Check :func:`shape_aware_roi_align`'s arguments (``ValueError`` naming the bad one) without
+    synchronising with a GPU; return ``(rois: Tensor[K, 5], masks, (oh, ow))``."""
     if not isinstance(input, Tensor) or input.dim() != 4:
         raise ValueError(f"input must be a Tensor[B, C, H, W], got {_describe(input)}")
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got {input.dtype}")
-    oh, ow = _pair(output_size)
+    size = _pair(output_size)
     if not (isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0):
         raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale!r}")
     rois = convert_to_rois(boxes, input)
-    k = rois.shape[0]
     if masks is not None:
         if not isinstance(masks, Tensor) or masks.dim() != 3 or min(masks.shape[1:], default=0) < 1:
             raise ValueError(f"masks must be a Tensor[K, Hp, Wp] with Hp, Wp >= 1, got {_describe(masks)}")
-        if masks.shape[0] != k:
-            raise ValueError(f"masks holds {masks.shape[0]} maps for {k} boxes; it needs one per box")
+        if masks.shape[0] != rois.shape[0]:
+            raise ValueError(
+                f"masks holds {masks.shape[0]} maps for {rois.shape[0]} boxes; it needs one per box"
+            )
         if masks.device != input.device:
             raise ValueError(f"masks is on {masks.device}, input on {input.device}")
+    return rois, masks, size
 
+
+_fallback_warned = False
+
+
+def _triton_kernels(input: Tensor) -> ModuleType | None:
+    """:mod:`mrrcnn.ops.triton_kernels` if it can pool from CUDA ``input``, else None with one warning per
+    process naming the reason."""
+    global _fallback_warned
+    try:
+        from . import triton_kernels
+    except ImportError as error:
+        reason = f"Triton cannot be imported ({error})"
+    else:
+        reason = triton_kernels.unusable_reason(input)
+        if reason is None:
+            return triton_kernels
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"shape_aware_roi_align: {reason}; using the slower embedding_bag path on {input.device.type}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
+
+
+def _deterministic_route(input: Tensor, masks: Tensor | None) -> bool:
+    """Whether deterministic algorithms are requested and only the features need a gradient: the one case
+    where the ``embedding_bag`` path's CUDA backward is deterministic and the Triton one is not."""
+    return (
+        torch.are_deterministic_algorithms_enabled()
+        and torch.is_grad_enabled()
+        and input.requires_grad
+        and not (masks is not None and masks.requires_grad)
+    )
+
+
+def shape_aware_roi_align_embedding_bag(
+    input: Tensor,
+    boxes: BoxesLike,
+    masks: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """:func:`shape_aware_roi_align` through ``embedding_bag`` on any device (the CPU path; on CUDA the
+    reference the benchmarks compare the kernels with). Channels-last result."""
+    rois, masks, size = validate_arguments(input, boxes, masks, output_size, spatial_scale)
+    return _embedding_bag(input, rois, masks, size, spatial_scale, sampling_ratio, aligned)
+
+
+def _embedding_bag(
+    input: Tensor,
+    rois: Tensor,
+    masks: Tensor | None,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """The ``embedding_bag`` formulation on validated arguments (see the module's docstring)."""
+    oh, ow = output_size
+    k = rois.shape[0]
     batch, channels, height, width = input.shape
     # Geometry in at least float32 (float64 for float64 input), as torchvision computes it in the input's type.
     geometry = torch.promote_types(input.dtype, torch.float32)
     rois = rois.to(geometry)
     if masks is not None:
         masks = masks.to(geometry)
+    if k:
+        # Batch indices are unchecked off the CPU (see convert_to_rois): a bad one becomes a NaN box on
+        # image 0, which pools zeros. Built from scalars: a tensor made from a list would synchronise.
+        index = rois[:, :1]
+        valid = (index >= 0) & (index < batch) & (index == index.floor())
+        rois = torch.cat([torch.where(valid, index, 0.0), torch.where(valid, rois[:, 1:], math.nan)], dim=1)
 
     groups = _sampling_groups(rois, (oh, ow), spatial_scale, sampling_ratio, aligned)
     indices, weights, bag_sizes, order = [], [], [], []

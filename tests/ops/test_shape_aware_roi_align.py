@@ -109,18 +109,19 @@ def test_no_boxes():
     assert shape_aware_roi_align(features, [torch.zeros(0, 4)], None, 2, 1.0, 2).shape == (0, 4, 2, 2)
 
 
+# Boxes on an 8x8 map (spatial scale 1): the first two pool zeros.
+EDGE_ROIS = [
+    [0, -20.0, -20.0, -10.0, -10.0],  # wholly outside: zeros
+    [0, 100.0, 2.0, 120.0, 6.0],  # wholly outside on the right
+    [0, -3.0, -3.0, 4.0, 4.0],  # partly outside
+    [0, 6.0, 6.0, 12.0, 12.0],  # partly outside on the far side
+    [0, 3.0, 3.0, 3.0, 3.0],  # zero size
+]
+
+
 def test_boxes_outside_and_zero_size():
     features = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    rois = torch.tensor(
-        [
-            [0, -20.0, -20.0, -10.0, -10.0],  # wholly outside: zeros
-            [0, 100.0, 2.0, 120.0, 6.0],  # wholly outside on the right
-            [0, -3.0, -3.0, 4.0, 4.0],  # partly outside
-            [0, 6.0, 6.0, 12.0, 12.0],  # partly outside on the far side
-            [0, 3.0, 3.0, 3.0, 3.0],  # zero size
-        ],
-        dtype=torch.float64,
-    )
+    rois = torch.tensor(EDGE_ROIS, dtype=torch.float64)
     masks = torch.rand(5, 4, 4, dtype=torch.float64)
     for aligned, sampling_ratio in itertools.product([False, True], [-1, 2]):
         out = shape_aware_roi_align(features, rois, masks, (3, 3), 1.0, sampling_ratio, aligned)
