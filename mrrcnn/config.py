@@ -289,6 +289,13 @@ def _validate_model(model: dict[str, Any]) -> None:
             owner = next((f for f, keys in MODEL_KEYS.items() if key in keys), None)
             if owner is not None:
                 raise ValueError(f"model.{key} does not apply to model {name!r} (only to {owner} models)")
+            every = [k for keys in MODEL_KEYS.values() for k in keys]
+            close = difflib.get_close_matches(key, every, n=1)
+            if close and close[0] not in accepted:
+                raise ValueError(
+                    f"model.{key} is not a known key; did you mean {close[0]!r}? (it applies to "
+                    f"{next(f for f, keys in MODEL_KEYS.items() if close[0] in keys)} models only, not {name!r})"
+                )
             raise _unknown("model", key, list(accepted))
         accepts, rule = accepted[key]
         if not accepts(value):

@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 from PIL import Image
+from PIL import Image
 
 from mrrcnn import cli
 from mrrcnn.cli import main
@@ -123,6 +124,56 @@ def test_predict(trained, capsys, tmp_path):
     assert status == 0 and out.strip() == str(tmp_path / "predictions.json")
     assert len(json.loads((tmp_path / "predictions.json").read_text())["images"]) == 3
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+
+    # Overrides are KEY=VALUE arguments, as for every command.
+    status, _, _ = run(
+        capsys, "predict", "--weights", trained / "run/final.pth", trained / "data/val/000000.png",
+        "eval.mask_threshold=0.7", "--out", tmp_path / "o", "NOPROGRESS",
+    )  # fmt: skip
+    assert status == 0 and [p.name for p in (tmp_path / "o").glob("*.png")] == ["000000.png"]
+
+
+def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):
+    weights = trained / "run/final.pth"
+    config = CONFIGS / "maskrcnn_small.yaml"
+    # The README's Table-5 command with a typo, and bad values.
+    assert_error(run(capsys, "eval", "--weights", weights, "model.alhpa=2"), "eval", "did you mean 'alpha'")
+    assert_error(run(capsys, "train", "--config", config, "model.min_size=abc"), "train", "model.min_size")
+    assert_error(run(capsys, "train", "--config", config, "model.min_size=-5"), "train", "model.min_size")
+    assert_error(
+        run(capsys, "train", "--config", "synthetic/mrrcnn_small", "model.alpha=abc"), "train", "model.alpha"
+    )
+    assert_error(
+        run(capsys, "train", "--config", config, "train.output_dir=null"), "train", "train.output_dir"
+    )
+    missing = tmp_path / "nowhere/final.pth"
+    argv = ["train", "--config", "synthetic/mrrcnn_small", f"model.base_weights={missing}"]
+    assert_error(run(capsys, *argv, f"train.output_dir={tmp_path / 'r'}"), "train", "no such checkpoint file")
+
+    # --out that is a file fails before the evaluation.
+    (tmp_path / "file").write_text("")
+    assert_error(run(capsys, "eval", "--weights", weights, "--out", tmp_path / "file"), "eval", "is a file")
+    image = trained / "data/val/000000.png"
+    assert_error(
+        run(capsys, "predict", "--weights", weights, image, "--out", tmp_path, "--score-threshold", "nan"),
+        "predict",
+        "score_threshold",
+    )
+    Image.new("RGB", (300, 2)).save(tmp_path / "thin.png")
+    assert_error(
+        run(capsys, "predict", "--weights", weights, tmp_path / "thin.png", "--out", tmp_path / "p"),
+        "predict",
+        "thin.png: a 300x2 image would be resized",
+    )
+
+
+def test_ctrl_c_is_one_line(capsys, monkeypatch):
+    def interrupted(config, resume, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    status, _, err = run(capsys, "train", "--config", "synthetic/maskrcnn_small")
+    assert status == 130 and err.strip() == "mrrcnn train: interrupted; nothing written is damaged"
 
 
 def test_demo(capsys, tmp_path, monkeypatch, caplog):

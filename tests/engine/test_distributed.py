@@ -30,7 +30,8 @@ def can_open_local_ports() -> bool:
 
 def torchrun(tmp: Path, *args: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    # One thread per process: the two processes share the machine.
+    # One thread per process: the two processes share the machine. train.device=cpu pins them to the CPU
+    # (and gloo) on a GPU host too.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [*command, str(tmp / "script.py"), str(tmp / "config.yaml"), *args],
@@ -60,7 +61,12 @@ def test_two_process_gloo_training_and_resume(tmp_path):
                     },
                     "workers": 0,
                 },
-                "train": {"output_dir": str(tmp_path / "run"), "batch_size": 1, "warmup_iters": 1},
+                "train": {
+                    "output_dir": str(tmp_path / "run"),
+                    "batch_size": 1,
+                    "warmup_iters": 1,
+                    "device": "cpu",
+                },
             }
         )
     )

@@ -1,5 +1,8 @@
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mrrcnn.config import load_config
 from mrrcnn.data import CLASSES, make_synthetic
-from mrrcnn.engine.checkpoint import load_checkpoint
+from mrrcnn.engine.checkpoint import load_checkpoint, run_lock
 from mrrcnn.engine.train import train
 
 # Small enough for a few CPU iterations a second: 64-pixel images, fewer proposals and sampled RoIs.
@@ -214,3 +217,69 @@ def test_bad_configs(data, tmp_path):
         ValueError, match=r"train.json: category ids go up to 5, but the model has num_classes=3"
     ):
         train(make_config(data, tmp_path, "model.num_classes=3"), progress=False)
+
+
+def test_a_second_run_into_the_same_folder_fails_naming_the_first(data, tmp_path):
+    config = make_config(data, tmp_path, "train.iterations=1")
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(
+            ValueError, match=rf"{tmp_path / 'run'} is in use by another training run \(pid {os.getpid()} on "
+        ):
+            train(config, progress=False)
+    assert not (tmp_path / "run" / "final.pth").exists()
+
+
+def test_a_killed_run_leaves_no_stale_lock_and_its_temporaries_are_removed(data, tmp_path):
+    config = make_config(data, tmp_path, "train.iterations=1")
+    run = tmp_path / "run"
+    code = f"from mrrcnn.engine.checkpoint import run_lock\nimport os\nwith run_lock({str(run)!r}):\n    os.kill(os.getpid(), 9)"
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert "pid" in (run / ".lock").read_text()
+    stale = run / ".last.pth.12345.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(config, progress=False)
+    assert not stale.exists() and (run / "final.pth").is_file()
+
+
+def test_resume_from_a_moved_folder_or_another_spelling_of_it(data, tmp_path, monkeypatch):
+    config = make_config(data, tmp_path / "a", "train.iterations=2", "train.checkpoint_every=1")
+    train(config, progress=False)
+    shutil.move(tmp_path / "a" / "run", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    moved = {**config, "train": {**config["train"], "output_dir": "./moved/", "iterations": 3}}
+    assert load_checkpoint(train(moved, resume=True, progress=False))["iteration"] == 3
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_training_data_none_of_which_can_be_read_is_an_error(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for image in (copy / "train").iterdir():
+        image.write_bytes(b"not an image")
+    config = make_config(copy, tmp_path, "data.skip_bad=true", "train.iterations=50")
+    with pytest.raises(ValueError, match=r"none of the 6 training images of .* could be read"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "final.pth").exists()
+
+
+def test_a_failed_checkpoint_write_is_an_os_error_and_keeps_the_previous_one(data, tmp_path, monkeypatch):
+    config = make_config(data, tmp_path, "train.iterations=2", "train.checkpoint_every=1")
+    calls = []
+    original = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file"
+            )
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(
+        OSError, match=r"cannot write checkpoint .*last.pth \(disk full\?\); the previous one is kept"
+    ):
+        train(config, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
