@@ -6,7 +6,6 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from PIL import Image
 
 from mrrcnn import cli
 from mrrcnn.cli import main

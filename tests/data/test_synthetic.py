@@ -4,6 +4,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 
 from mrrcnn.data import CLASSES, CocoDetection, huddled, make_synthetic
@@ -115,3 +116,24 @@ def test_same_seed_same_bytes(tmp_path, small):
 def test_bad_arguments(tmp_path, kwargs, problem):
     with pytest.raises(ValueError, match=problem):
         make_synthetic(tmp_path, **{"num_train": 1, "num_val": 1, **kwargs})
+
+
+def test_uniform_appearance_one_fill_per_image_and_outlines(tmp_path):
+    summary = make_synthetic(tmp_path, num_train=3, num_val=0, seed=1, appearance="uniform", crowding=1.0)
+    coco = COCO(summary["train"]["annotation_file"])
+    assert coco.dataset["info"]["appearance"] == "uniform"
+    for image_id in coco.getImgIds():
+        pixels = np.asarray(Image.open(tmp_path / "train" / coco.imgs[image_id]["file_name"])).astype(float)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        medians = [np.median(pixels[coco.annToMask(a).astype(bool)], axis=0) for a in anns]
+        # One colour for every instance of the image (flat or stripes of it: medians agree closely).
+        assert np.ptp(np.array(medians), axis=0).max() < 60
+        # Each instance's border is darker than its inside: the outline.
+        for ann in anns:
+            mask = coco.annToMask(ann).astype(bool)
+            inner = (
+                mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+            )
+            assert pixels[mask & ~inner].mean() < pixels[inner].mean()
+    with pytest.raises(ValueError, match="appearance must be one of"):
+        make_synthetic(tmp_path, 1, 0, appearance="plain")

@@ -150,3 +150,18 @@ def test_load_model_from_pretrained_base(tmp_path):
     assert categories == {}
     frozen = [m for m in loaded.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen and all(m.eps == 0.0 for m in frozen)
+
+
+def test_a_ground_truth_reading_model_is_given_the_targets(model, config):
+    seen = []
+
+    def oracle(target):
+        seen.append(target["image_id"])
+        return target["masks"]
+
+    model.roi_heads.sara_masks = "ground_truth"
+    try:
+        metrics = evaluate_model(model, config, "val", progress=False, oracle_masks=oracle)
+    finally:
+        model.roi_heads.sara_masks = "predicted"
+    assert set(metrics) == KEYS and sorted(seen) == [1, 2, 3]

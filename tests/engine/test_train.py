@@ -221,11 +221,13 @@ def test_bad_configs(data, tmp_path):
 
 def test_a_second_run_into_the_same_folder_fails_naming_the_first(data, tmp_path):
     config = make_config(data, tmp_path, "train.iterations=1")
-    with run_lock(tmp_path / "run"):
-        with pytest.raises(
+    with (
+        run_lock(tmp_path / "run"),
+        pytest.raises(
             ValueError, match=rf"{tmp_path / 'run'} is in use by another training run \(pid {os.getpid()} on "
-        ):
-            train(config, progress=False)
+        ),
+    ):
+        train(config, progress=False)
     assert not (tmp_path / "run" / "final.pth").exists()
 
 

@@ -259,3 +259,24 @@ def test_is_a_torchvision_mask_rcnn():
     model = mrrcnn_small(**SMALL)
     assert isinstance(model, MaskRCNN)
     assert isinstance(model.roi_heads, torchvision.models.detection.roi_heads.RoIHeads)
+
+
+def test_ground_truth_sara_masks_train_and_read_the_targets():
+    model = mrrcnn_small(**SMALL, sara_masks="ground_truth")
+    seen = []
+    model.roi_heads.refine_box_roi_pool.register_forward_hook(lambda m, args, out: seen.append(args[3]))
+    losses = train_losses(model)
+    assert set(losses) == TORCHVISION_LOSSES | REFINING_LOSSES
+    # Box-frame ground truth: the targets are rectangles, so some cells are fully inside.
+    assert seen[-1].shape[-2:] == (28, 28) and seen[-1].max() > 0.999
+
+    model.eval()
+    images, targets = images_and_targets()
+    with pytest.raises(ValueError, match="pass targets at evaluation too"):
+        model(images)
+    with torch.no_grad():
+        with_truth = model(images, targets)
+        model.roi_heads.sara_masks = "predicted"
+        predicted = model(images)
+    assert len(with_truth) == 2 and set(with_truth[0]) == {"boxes", "labels", "scores", "masks"}
+    assert not torch.equal(with_truth[0]["scores"], predicted[0]["scores"])

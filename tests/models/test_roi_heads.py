@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 
 from mrrcnn.models import fuse_scores, mrrcnn_small, refining_classes
+from mrrcnn.models.roi_heads import ground_truth_masks_in_boxes
 
 
 def test_fuse_scores_hand_computed():
@@ -85,3 +86,28 @@ def test_stage1_detections_are_torchvisions_with_their_source_rows(heads):
 def test_alpha_must_be_non_negative():
     with pytest.raises(ValueError, match="alpha"):
         mrrcnn_small(num_classes=3, alpha=-1.0)
+
+
+def test_ground_truth_masks_in_boxes_hand_computed():
+    masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    masks[0, 0:4, 0:4] = 1  # a square in the top-left corner
+    masks[1, 4:8, 0:8] = 1  # the bottom half
+    target = {"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 4.0, 8.0, 8.0]]), "masks": masks}
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 4.0, 4.0],  # exactly instance 0: its mask is all ones in the box
+            [0.0, 0.0, 8.0, 8.0],  # IoU 0.25 with 0, 0.5 with 1: instance 1's mask, the bottom half
+            [0.0, 0.0, 8.0, 4.0],  # IoU 0.5 with 0, 0 with 1: instance 0's mask, its left half
+        ]
+    )
+    out = ground_truth_masks_in_boxes([boxes], [target], (4, 4))
+    # Matched by best IoU, resampled exactly as Mask R-CNN's mask targets are.
+    torch.testing.assert_close(out, project_masks_on_boxes(masks, boxes, torch.tensor([0, 1, 0]), 4))
+    assert out[1, :2].max() < 0.5 < out[1, 2:].min()  # box 1 reads the bottom half
+    empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 8, 8, dtype=torch.uint8)}
+    assert ground_truth_masks_in_boxes([boxes], [empty], (3, 2)).shape == (3, 3, 2)
+
+
+def test_sara_masks_must_be_known():
+    with pytest.raises(ValueError, match="sara_masks must be one of"):
+        mrrcnn_small(num_classes=4, sara_masks="truth")

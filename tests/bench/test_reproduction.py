@@ -1,0 +1,55 @@
+"""The reproduction's statistics and mask degradations (bench/reproduction), which its verdicts rest on."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from reproduction.load import differences
+from reproduction.sara import degrade
+from reproduction.stats import judge, mean_std, seen, t95, verdict
+
+
+def test_paired_t_test_hand_computed():
+    # mean 1.0, sd 0.1, n 3: half-width 4.303 * 0.1 / sqrt(3) = 0.248 < 1.0
+    assert judge([0.9, 1.0, 1.1]) == "a gain"
+    assert judge([-0.9, -1.0, -1.1]) == "a loss"
+    # mean 0.5, sd 0.5, n 2: half-width 12.706 * 0.5 / sqrt(2) = 4.49 > 0.5
+    assert judge([0.0, 1.0]) == "not distinguishable from zero"
+    # mean 0.2, sd 0.1, n 5: half-width 2.776 * 0.1 / sqrt(5) = 0.124 < 0.2
+    assert judge([0.1, 0.2, 0.3, 0.15, 0.25]) == "a gain"
+    assert judge([1.0]) is None and judge([]) is None
+
+
+def test_t_quantiles_and_words():
+    assert t95(1) == 12.706 and t95(4) == 2.776 and t95(11) == 2.228 and t95(100) == 2.042
+    with pytest.raises(ValueError):
+        t95(0)
+    assert verdict([0.9, 1.0, 1.1]) == "+1.0 ± 0.1 over 3 seeds, a gain at 95% confidence"
+    assert verdict([0.5]) == "0.5 (one seed: no spread to judge it by)"
+    assert seen([0.5]) == "higher (one seed)" and seen([]) == "not measured"
+    assert mean_std([1.0, None, float("nan"), 3.0]) == "2.0 ± 1.4" and mean_std([]) == "-"
+
+
+def test_differences_pair_seeds_and_skip_missing():
+    runs = [{"AP": 2.0}, None, {"AP": 5.0}, {"AP": None}]
+    references = [{"AP": 1.0}, {"AP": 1.0}, {"AP": 4.5}, {"AP": 1.0}]
+    assert differences(runs, references, "AP") == [1.0, 0.5]
+
+
+def test_degradations_hand_computed():
+    masks = torch.zeros(1, 7, 7, dtype=torch.uint8)
+    masks[0, 2:5, 2:5] = 1
+    dilated = degrade(masks, "dilate", 1, key=0)
+    assert dilated[0, 1:6, 1:6].all() and dilated.sum() == 25
+    eroded = degrade(masks, "erode", 1, key=0)
+    assert eroded.sum() == 1 and eroded[0, 3, 3] == 1
+    shifted = degrade(masks, "shift", 2, key=0)
+    assert shifted.sum() <= 9 and shifted.dtype == torch.uint8
+    moved = torch.nonzero(shifted[0]).float().mean(0) - torch.nonzero(masks[0]).float().mean(0)
+    assert 1.0 <= float(moved.norm()) <= 3.0
+    assert torch.equal(shifted, degrade(masks, "shift", 2, key=0))  # deterministic in the key
+    assert degrade(masks[:0], "shift", 2, key=0).shape == (0, 7, 7)
