@@ -7,7 +7,8 @@ one SGD step (forward, backward, update) on two 800x1333 images with 7 instances
 randomly initialised from one seed (MR R-CNN loads the Mask R-CNN's weights and copies its heads into the
 refining module), so the arithmetic is that of real weights. Next to each time: the arithmetic both
 models do (FLOPs of matmuls and convolutions, by ``torch.utils.flop_counter``), whose ratio is the floor
-the refining heads' added work sets on the time ratio. CUDA rows are added when a GPU is present.
+the refining heads' added work sets on the time ratio. CUDA rows, in float32 and under AMP, are added when
+a GPU is present (``--devices cuda`` for those alone).
 """
 
 from __future__ import annotations
@@ -60,18 +61,21 @@ def make_batch(device: str, num_images: int, with_targets: bool):
     return images, targets
 
 
-def inference(model, images, targets):
+def inference(model, images, targets, amp=False):
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", enabled=amp):
         return model(images)
 
 
-def training_step(model, images, targets, optimizer):
+def training_step(model, images, targets, optimizer, scaler, amp=False):
+    """One step as ``mrrcnn train`` takes it: autocast and a gradient scaler under AMP."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    losses = model(images, targets)
-    sum(losses.values()).backward()
-    optimizer.step()
+    with torch.autocast("cuda", enabled=amp):
+        losses = model(images, targets)
+    scaler.scale(sum(losses.values())).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def gflops(fn) -> float:
@@ -87,12 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs/benchmarks/model.md"
     )
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    parser.add_argument("--devices", nargs="+", choices=available, default=available)
     args = parser.parse_args(argv)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices
     rows = []
-    for device in devices:
+    # (device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
+    for device, precision in [
+        (d, p) for d in devices for p in (("fp32", "amp") if d == "cuda" else ("fp32",))
+    ]:
         models = make_models(device)
+        amp = precision == "amp"
         tasks = {
             "inference (1 image, 100 detections)": (inference, make_batch(device, 1, False)),
             "training step (2 images)": (training_step, make_batch(device, 2, True)),
@@ -104,11 +114,12 @@ def main(argv: list[str] | None = None) -> None:
                 extra = ()
                 if step is training_step:
                     params = [p for p in model.parameters() if p.requires_grad]
-                    extra = (torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=1e-4),)
+                    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=1e-4)
+                    extra = (optimizer, torch.amp.GradScaler("cuda", enabled=amp))
 
-                def fn(step=step, model=model, images=images, targets=targets, extra=extra):
+                def fn(step=step, model=model, images=images, targets=targets, extra=extra, amp=amp):
                     torch.manual_seed(0)  # same RoI sampling in both models
-                    return step(model, images, targets, *extra)
+                    return step(model, images, targets, *extra, amp=amp)
 
                 fns[name] = fn
             seconds = median_seconds_side_by_side(fns, device, args.repeats)
@@ -118,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                     len(inference(models[name], *tasks[task][1])[0]["boxes"]) if step is inference else None
                 )
                 measured[task, name] = (fn, seconds[name], flops, detections)
-                print(f"{device} {task} {name}: {seconds[name]:.2f} s, {flops:.0f} GFLOP", file=sys.stderr)
+                print(
+                    f"{device} {precision} {task} {name}: {seconds[name]:.2f} s, {flops:.0f} GFLOP",
+                    file=sys.stderr,
+                )
         # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
         if device == "cpu":
             track_allocations_exactly()
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
             rows.append(
                 (
-                    device,
+                    f"{device} {precision}",
                     task,
                     name,
                     seconds,
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     table = (
-        "| device | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
+        "| device, precision | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
         "peak extra MiB | memory vs Mask R-CNN | detections |\n"
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     ) + "".join(
@@ -160,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         "ratio if every FLOP took the same time. The time ratio can fall below it: most of the added work is "
         "the refining mask head's 3x3 convolutions over 14x14 RoI features, which run at a higher FLOP rate "
         "than the backbone's convolutions over large maps. Peak extra memory: the peak above what was "
-        "allocated before the call (CPU: resident set; CUDA: the caching allocator's peak).\n\n" + table
+        "allocated before the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under "
+        "`torch.autocast` (float16) with a gradient scaler, as `mrrcnn train` runs on CUDA.\n\n" + table
     )
     print(table)
     write_report(args.out, text)
