@@ -116,9 +116,14 @@ def labels(*names: str) -> dict[str, str]:
 
 
 def setup_section(main: Loaded, hard: Loaded) -> str:
-    seed = main.seeds[0]
-    commands = main.json(seed, "commands.json")
-    listed = "\n".join(f"- {RUNS[run][1]}: `{commands[run]}`" for run in RUNS if run in commands)
+    commands = {s: main.json(s, "commands.json") or {} for s in main.seeds}
+    first = {run: next((s for s in main.seeds if run in commands[s]), None) for run in RUNS}
+    listed = "\n".join(
+        f"- {RUNS[run][1]} (seed {seed}): `{commands[seed][run]}`"
+        for run, seed in first.items()
+        if seed is not None
+    )
+    base = commands[main.seeds[0]]
     hard_data = hard.json(hard.seeds[0], "commands.json")["data"] if hard.seeds else "(not run yet)"
     return f"""## Setup
 
@@ -126,16 +131,16 @@ The benchmark (`mrrcnn synth`, `mrrcnn/data/synthetic.py`): 160-pixel images of 
 outline only (same colour and texture distribution for every class), most of them in overlapping clusters;
 an instance is *huddled* when its box has IoU >= 0.3 with another's, *isolated* otherwise. Huddled and
 isolated AP are computed by marking the other subset as crowd (ignored) regions
-(`mrrcnn/engine/coco_eval.py`). The harder variant (`--appearance uniform --crowding 1`, section "Does SARA
-help, and when?") gives all instances of an image one colour and texture, separated by 1-pixel outlines
-only, and draws every instance in a cluster.
+(`mrrcnn/engine/coco_eval.py`). The harder variant (section "Does SARA help, and when?") gives all
+instances of an image one colour and texture, separated by dark 1-pixel outlines only, and draws every
+instance in a cluster.
 
 Per seed, one Mask R-CNN (`maskrcnn_small`: a ResNet-10-FPN) trains from scratch; from that checkpoint every
 other row fine-tunes for the same number of iterations with the same recipe (paper 4.1 in miniature:
 10x lower learning rate, one step decay). The **control** fine-tunes the Mask R-CNN itself, so that
 "fine-tuned longer" and "has a refining module" are not confused: the paper compares with the Mask R-CNN it
-started from. The commands of seed {seed}, from the repository root, after the data
-(`{commands["data"]}`; the harder variant: `{hard_data}`), with `DATA="{commands["$DATA"]}"`:
+started from. The commands, from the repository root, after the data (`{base["data"]}`; the harder
+variant: `{hard_data}`), with `DATA="{base["$DATA"]}"`:
 
 {listed}
 
@@ -396,17 +401,22 @@ def conclusion(
     predicted = comparisons["SARA (predicted masks) - no SARA"]
     oracle = comparisons["SARA on ground truth (trained and read) - no SARA"]
     gt_read = comparisons["MR R-CNN read with ground truth - read with its predicted masks"]
-    helps = "a gain" in (judge(oracle["bbox/AP"]), judge(oracle["huddled/bbox/AP"]))
-    lines = [
-        f"- With stage 1's predicted masks, SARA over no SARA: {_effect(predicted)}.",
-        f"- With ground-truth masks in training and evaluation, over no SARA: {_effect(oracle)}: shape-aware "
-        + (
-            "pooling *can* help on this data when the masks are right."
-            if helps
-            else "pooling shows no gain here even with perfect masks."
-        ),
-        f"- The predicted-mask model given ground-truth masks at evaluation only: {_effect(gt_read)}.",
-    ]
+    lines = [f"- With stage 1's predicted masks, SARA over no SARA: {_effect(predicted)}."]
+    if oracle["bbox/AP"]:
+        helps = "a gain" in (judge(oracle["bbox/AP"]), judge(oracle["huddled/bbox/AP"]))
+        lines.append(
+            f"- With ground-truth masks in training and evaluation, over no SARA: {_effect(oracle)}: "
+            + (
+                "shape-aware pooling *can* help on this data when the masks are right."
+                if helps
+                else "shape-aware pooling shows no gain here even with perfect masks."
+            )
+        )
+        lines.append(
+            f"- The predicted-mask model given ground-truth masks at evaluation only: {_effect(gt_read)}."
+        )
+    else:
+        lines.append("- The oracle (ground-truth masks) has not been run yet.")
     if quality:
         lines.append(_quality_sentence(quality))
     if hard:

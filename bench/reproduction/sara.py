@@ -155,7 +155,9 @@ def run_sara_study(weights: dict[str, Path], results: Path, work: Path) -> None:
 
 def _features(model: torch.nn.Module, image: Tensor, target: dict[str, Any]) -> tuple[dict, Tensor, dict]:
     """The FPN maps of one image, the image as the model sees it, and its target in that frame."""
-    images, targets = model.transform([image], [{k: v for k, v in target.items() if k in ("boxes", "labels", "masks")}])
+    images, targets = model.transform(
+        [image], [{k: v for k, v in target.items() if k in ("boxes", "labels", "masks")}]
+    )
     return model.backbone(images.tensors), images.tensors[0], targets[0]
 
 
