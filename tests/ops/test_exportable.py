@@ -109,6 +109,7 @@ def test_pooler_scripted_and_traced_equal_eager():
 
 
 def test_pooler_in_onnxruntime_equals_eager(tmp_path):
+    onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     features, boxes, masks, shapes = fpn_case(seed=6)
     masks = torch.cat(masks)
@@ -127,6 +128,5 @@ def test_pooler_in_onnxruntime_equals_eager(tmp_path):
     expected = MultiScaleShapeAwareRoIAlign(NAMES, 7, 2)(features, boxes, shapes, masks)
     torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=1e-4, atol=1e-5)
 
-    onnx = pytest.importorskip("onnx")
     operators = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"RoiAlign", "Resize", "Mul", "AveragePool"} <= operators
