@@ -119,8 +119,8 @@ def _export(args: argparse.Namespace) -> None:
     for c in result.checks:
         print(
             f"check {c['image']}: {c['detections']} detections agree with PyTorch (boxes within "
-            f"{c['max_box_error_px']:.2g} px, scores within {c['max_score_error']:.2g}, mask IoU >= "
-            f"{c['min_mask_iou']:.4f})"
+            f"{c['max_box_error_px']:.2g} px, {c['max_box_error_relative']:.2g} of their size; scores within "
+            f"{c['max_score_error']:.2g}; mask IoU >= {c['min_mask_iou']:.4f})"
         )
 
 
