@@ -1,4 +1,4 @@
-"""The ``mrrcnn`` command: ``synth``, ``train``, ``eval``, ``predict`` and ``demo``.
+"""The ``mrrcnn`` command: ``synth``, ``train``, ``eval``, ``predict``, ``export`` and ``demo``.
 
 Bad input (a ``ValueError`` or ``OSError`` from the library) ends the command with one line
 ``mrrcnn <command>: error: ...`` and exit status 2, a diverged training (``FloatingPointError``) likewise
@@ -27,6 +27,7 @@ from .engine.checkpoint import load_model
 from .engine.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
 from .engine.evaluate import evaluate_model
+from .engine.export import DEFAULT_OPSET, FORMATS, export_checkpoint
 from .engine.predict import predict
 from .engine.train import train
 
@@ -98,6 +99,29 @@ def _predict(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
     )
     print(path)
+
+
+def _export(args: argparse.Namespace) -> None:
+    result = export_checkpoint(
+        args.weights,
+        args.out,
+        args.format,
+        image_size=args.image_size,
+        opset=args.opset,
+        check=args.check,
+        overrides=args.overrides,
+    )
+    alpha = "" if result.alpha is None else f", alpha {result.alpha:g}"
+    print(
+        f"{result.path}: {result.format}{alpha}; one image Tensor[3, H, W] (RGB in [0, 1]) -> boxes, labels, "
+        "scores, masks"
+    )
+    for c in result.checks:
+        print(
+            f"check {c['image']}: {c['detections']} detections agree with PyTorch (boxes within "
+            f"{c['max_box_error_px']:.2g} px, {c['max_box_error_relative']:.2g} of their size; scores within "
+            f"{c['max_score_error']:.2g}; mask IoU >= {c['min_mask_iou']:.4f})"
+        )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -208,6 +232,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
     p.set_defaults(func=_predict)
+
+    p = commands.add_parser(
+        "export",
+        parents=[common, overrides],
+        help="write a checkpoint as TorchScript or ONNX (one image per call)",
+        epilog="The exported model takes one image Tensor[3, H, W] (RGB in [0, 1], any size) and returns "
+        "boxes, labels, scores and masks as the model does in eval mode. ONNX bakes model.alpha in (give "
+        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha).",
+    )
+    p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="torchscript (torch.jit.load) or onnx")
+    p.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.pt or model.onnx")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="example image that ONNX export traces with (default: the model's min_size x max_size)",
+    )
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 11..20 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the exported file (onnxruntime / torch.jit.load) on two sample images and compare it with "
+        "PyTorch before writing it",
+    )
+    p.set_defaults(func=_export)
 
     p = commands.add_parser(
         "demo", parents=[common], help="synthetic data, Mask R-CNN vs MR R-CNN, table and figure"

@@ -9,8 +9,10 @@ from PIL import Image
 
 from mrrcnn import cli
 from mrrcnn.cli import main
-from mrrcnn.config import CONFIG_DIR
-from mrrcnn.engine import demo
+from mrrcnn.config import CONFIG_DIR, load_config
+from mrrcnn.engine import demo, export
+from mrrcnn.engine.checkpoint import save_checkpoint
+from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
 TINY = [
@@ -173,6 +175,63 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "train", interrupted)
     status, _, err = run(capsys, "train", "--config", "synthetic/maskrcnn_small")
     assert status == 130 and err.strip() == "mrrcnn train: interrupted; nothing written is damaged"
+
+
+@pytest.fixture
+def one_thread():
+    """Models this small run faster on one thread than on several competing with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_export(trained, capsys, tmp_path, monkeypatch, one_thread):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    # An untrained MR R-CNN: its detections score about 1 / num_classes, above the 0.05 threshold.
+    config = load_config(CONFIGS / "mrrcnn_small.yaml", ["model.base_weights=null", *TINY[:2]])
+    torch.manual_seed(0)
+    weights = tmp_path / "mrrcnn.pth"
+    save_checkpoint(weights, {"model": build_model(**config["model"]).state_dict(), "config": config})
+    out = tmp_path / "model.onnx"
+    argv = ["export", "--weights", weights, "--format", "onnx", "--out", out, "--check", "model.alpha=0.5"]
+    status, printed, _ = run(capsys, *argv)
+    assert status == 0 and out.is_file()
+    first, *checks = printed.splitlines()
+    assert first.startswith(f"{out}: onnx, alpha 0.5; one image Tensor[3, H, W]")
+    assert [line.split(":")[0] for line in checks] == ["check 64x64", "check 64x48"]
+    assert all("detections agree with PyTorch" in line and " 0 detections" not in line for line in checks)
+
+    # The Mask R-CNN that `mrrcnn train` wrote, as TorchScript.
+    trained_weights = trained / "run/final.pth"
+    argv = ["export", "--weights", trained_weights, "--format", "torchscript", "--out", tmp_path / "m.pt"]
+    status, printed, _ = run(capsys, *argv, "--check")
+    assert status == 0 and printed.startswith(f"{tmp_path / 'm.pt'}: torchscript; one image")
+
+    # A file that disagrees with PyTorch is an error, and is not written.
+    load_exported = export.load_exported
+
+    def one_detection_short(path, fmt):
+        detector = load_exported(path, fmt)
+        return lambda image: {k: v[1:] for k, v in detector(image).items()}
+
+    monkeypatch.setattr(export, "load_exported", one_detection_short)
+    argv = [
+        "export",
+        "--weights",
+        weights,
+        "--format",
+        "torchscript",
+        "--out",
+        tmp_path / "bad.pt",
+        "--check",
+    ]
+    assert_error(run(capsys, *argv), "export", "bad.pt (torchscript) on check image 1 (64x64)", "PyTorch")
+    assert not (tmp_path / "bad.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "model.onnx", "mrrcnn.pth"]
+    argv = ["export", "--weights", weights, "--format", "onnx", "--out", out, "--opset", "9"]
+    assert_error(run(capsys, *argv), "export", "opset must be an integer in 11..20")
 
 
 def test_demo(capsys, tmp_path, monkeypatch, caplog):

@@ -9,9 +9,12 @@ The refining module takes stage 1's boxes ``B`` and mask probabilities ``P``:
 * at inference ``S = (S^b + alpha * S^r) / (1 + alpha)`` on the pre-softmax logits of the same detection.
 
 The choices the paper leaves open are in docs/method.md, each with its reason.
-"""
 
-from __future__ import annotations
+The evaluation path (``forward`` in eval mode, ``stage1_predict``, ``refine_predict``) is TorchScript and
+traceable, so the model exports (:mod:`mrrcnn.engine.export`); training and the ``sara_masks="ground_truth"``
+diagnostic stay eager-only (``@torch.jit.unused``). No ``from __future__ import annotations`` here:
+TorchScript reads the signatures of unused methods and the fields of ``RefiningInput`` at run time.
+"""
 
 import copy
 from typing import NamedTuple
@@ -23,6 +26,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.ops import boxes as box_ops
 
 from ..ops import MultiScaleShapeAwareRoIAlign, roi_align
+from ..ops.exportable import exporting
 
 
 def fuse_scores(stage1_logits: Tensor, refine_logits: Tensor, alpha: float) -> Tensor:
@@ -99,6 +103,11 @@ def _select_class(per_class: Tensor, classes: Tensor) -> Tensor:
     return per_class[torch.arange(classes.shape[0], device=classes.device), classes]
 
 
+def _channels_last(features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The maps in channels-last layout, which the eager (Shape-aware) RoIAlign reads without a copy."""
+    return {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
+
+
 class MaskRefiningRoIHeads(RoIHeads):
     """torchvision's ``RoIHeads`` (with masks) plus the refining module.
 
@@ -139,7 +148,8 @@ class MaskRefiningRoIHeads(RoIHeads):
             raise ValueError("MaskRefiningRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        self.alpha = alpha
+        # A float even when given an int, so that a scripted model takes any alpha (roi_heads.alpha = 0.5).
+        self.alpha = float(alpha)
         self.shape_aware = shape_aware
         self.refine_cls = refine_cls
         self.refine_reg = refine_reg
@@ -198,13 +208,12 @@ class MaskRefiningRoIHeads(RoIHeads):
             Eval: per image ``boxes: Tensor[D, 4]``, ``labels: Int64Tensor[D]``, ``scores: Tensor[D]``,
             ``masks: Tensor[D, 1, M, M]`` (probabilities in the box frame), and ``{}``.
         """
-        # All four poolings read the same maps: make them channels-last once.
-        features = {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
+        if not exporting():
+            # All four poolings read the same maps: make them channels-last once. (Exported pooling is
+            # torchvision's RoIAlign, which has no use for it.)
+            features = _channels_last(features)
         if self.training:
-            self.check_targets(targets)
-            losses, refining_input = self.stage1_loss(features, proposals, image_shapes, targets)
-            losses.update(self.refine_loss(features, refining_input, image_shapes, targets))
-            return [], losses
+            return self._train_forward(features, proposals, image_shapes, targets)
         if self.sara_masks == "ground_truth" and targets is None:
             raise ValueError(
                 "sara_masks='ground_truth' (a diagnostic) reads the ground-truth masks: pass targets at "
@@ -214,7 +223,22 @@ class MaskRefiningRoIHeads(RoIHeads):
         detections = self.refine_predict(
             features, refining_input, stage1_logits, stage1_scores, image_shapes, targets
         )
-        return detections, {}
+        no_losses: dict[str, Tensor] = {}
+        return detections, no_losses
+
+    @torch.jit.unused
+    def _train_forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Training: ``([], losses)`` (see :meth:`forward`)."""
+        self.check_targets(targets)
+        losses, refining_input = self.stage1_loss(features, proposals, image_shapes, targets)
+        losses.update(self.refine_loss(features, refining_input, image_shapes, targets))
+        return [], losses
 
     def stage1_loss(
         self,
@@ -338,22 +362,23 @@ class MaskRefiningRoIHeads(RoIHeads):
             )
         else:
             scores = stage1_scores
-        refined = (
-            self._decode(refine_deltas, torch.cat(boxes), classes, image_shapes, counts)
-            if self.refine_reg
-            else boxes
-        )
+        if self.refine_reg:
+            refined = self._decode(refine_deltas, torch.cat(boxes), classes, image_shapes, counts)
+        else:
+            refined = boxes
 
-        results, keep_all, offset = [], [], 0
+        results: list[dict[str, Tensor]] = []
+        kept: list[Tensor] = []
+        offset = 0
         for boxes_i, scores_i, labels_i in zip(refined, scores.split(counts), classes.split(counts)):
             keep = torch.where(scores_i > self.score_thresh)[0]
             keep = keep[box_ops.remove_small_boxes(boxes_i[keep], min_size=1e-2)]
             keep = keep[box_ops.batched_nms(boxes_i[keep], scores_i[keep], labels_i[keep], self.nms_thresh)]
             keep = keep[: self.detections_per_img]
             results.append({"boxes": boxes_i[keep], "labels": labels_i[keep], "scores": scores_i[keep]})
-            keep_all.append(keep + offset)
+            kept.append(keep + offset)
             offset += boxes_i.shape[0]
-        keep_all = torch.cat(keep_all)
+        keep_all = torch.cat(kept)
         mask_logits = self._refine_masks(
             features, [r["boxes"] for r in results], refining_input.mask_features[keep_all], image_shapes
         )
@@ -370,9 +395,16 @@ class MaskRefiningRoIHeads(RoIHeads):
         if not self.shape_aware:
             return None
         if self.sara_masks == "ground_truth":
-            size = refining_input.probabilities.shape[-2:]
-            return ground_truth_masks_in_boxes(refining_input.boxes, targets, size)
+            return self._ground_truth_masks(refining_input, targets)
         return refining_input.probabilities
+
+    @torch.jit.unused
+    def _ground_truth_masks(
+        self, refining_input: RefiningInput, targets: list[dict[str, Tensor]] | None
+    ) -> Tensor:
+        """The diagnostic's masks: each box's best-IoU ground-truth mask (eager only: it reads targets)."""
+        size = refining_input.probabilities.shape[-2:]
+        return ground_truth_masks_in_boxes(refining_input.boxes, targets, size)
 
     def _stage1_masks(
         self,
@@ -413,14 +445,20 @@ class MaskRefiningRoIHeads(RoIHeads):
         return self.refine_mask_predictor(self.refine_mask_head(pooled))
 
     def _decode(
-        self, deltas: Tensor, boxes: Tensor, classes: Tensor, image_shapes, counts: list[int]
+        self,
+        deltas: Tensor,
+        boxes: Tensor,
+        classes: Tensor,
+        image_shapes: list[tuple[int, int]],
+        counts: list[int],
     ) -> list[Tensor]:
         """Boxes ``boxes`` moved by the class-``classes`` column of ``deltas``, clipped, split per image."""
         decoded = self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], deltas.shape[1] // 4, 4)
         decoded = _select_class(decoded, classes)
-        return [
-            box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(decoded.split(counts), image_shapes)
-        ]
+        clipped: list[Tensor] = []
+        for b, shape in zip(decoded.split(counts), image_shapes):
+            clipped.append(box_ops.clip_boxes_to_image(b, shape))
+        return clipped
 
     def assign_refining_targets(
         self, boxes: list[Tensor], targets: list[dict[str, Tensor]]
@@ -465,7 +503,10 @@ class MaskRefiningRoIHeads(RoIHeads):
         pred_scores = F.softmax(class_logits, -1)
         rows = torch.arange(class_logits.shape[0], device=device)
 
-        all_boxes, all_scores, all_labels, all_source = [], [], [], []
+        all_boxes: list[Tensor] = []
+        all_scores: list[Tensor] = []
+        all_labels: list[Tensor] = []
+        all_source: list[Tensor] = []
         for boxes, scores, source, image_shape in zip(
             pred_boxes.split(counts), pred_scores.split(counts), rows.split(counts), image_shapes
         ):
