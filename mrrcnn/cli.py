@@ -148,27 +148,10 @@ def _defaults(function: Callable) -> dict[str, Any]:
     return {name: p.default for name, p in inspect.signature(function).parameters.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand; each sets ``func`` to the function that runs it."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("--no-progress", action="store_true", help="no progress bars")
-    device = argparse.ArgumentParser(add_help=False)
-    device.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.lr=0.01 model.alpha=0.5",
-    )
-
-    parser = argparse.ArgumentParser(prog="mrrcnn", description="Mask Refining R-CNN on torchvision.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_synth(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``synth`` subcommand."""
     p = commands.add_parser(
-        "synth", parents=[common], help="write the synthetic huddled-instance benchmark (COCO format)"
+        "synth", parents=parents, help="write the synthetic huddled-instance benchmark (COCO format)"
     )
     p.add_argument("out", type=Path, metavar="OUT", help="output folder")
     p.add_argument("--train", type=int, default=1000, help="training images (default: %(default)s)")
@@ -198,9 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_synth)
 
+
+def _add_train(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``train`` subcommand."""
     p = commands.add_parser(
         "train",
-        parents=[common, overrides],
+        parents=parents,
         help="train a model (also under torchrun)",
         epilog="Multi-GPU: torchrun --nproc_per_node=N -m mrrcnn train --config FILE",
     )
@@ -208,16 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.set_defaults(func=_train)
 
-    p = commands.add_parser("eval", parents=[common, device, overrides], help="COCO AP of a checkpoint")
+
+def _add_eval(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``eval`` subcommand."""
+    p = commands.add_parser("eval", parents=parents, help="COCO AP of a checkpoint")
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
     p.add_argument("--config", help=f"{CONFIG_HELP} (default: the one the checkpoint carries)")
     p.add_argument("--split", default="val", help="data split of the config (default: %(default)s)")
     p.add_argument("--out", type=Path, help="folder for results/metrics json (default: the checkpoint's)")
     p.set_defaults(func=_eval)
 
-    p = commands.add_parser(
-        "predict", parents=[common, device], help="draw and save a checkpoint's detections"
-    )
+
+def _add_predict(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``predict`` subcommand."""
+    p = commands.add_parser("predict", parents=parents, help="draw and save a checkpoint's detections")
     p.add_argument(
         "inputs",
         nargs="+",
@@ -233,9 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
     p.set_defaults(func=_predict)
 
+
+def _add_export(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``export`` subcommand."""
     p = commands.add_parser(
         "export",
-        parents=[common, overrides],
+        parents=parents,
         help="write a checkpoint as TorchScript or ONNX (one image per call)",
         epilog="The exported model takes one image Tensor[3, H, W] (RGB in [0, 1], any size) and returns "
         "boxes, labels, scores and masks as the model does in eval mode. ONNX bakes model.alpha in (give "
@@ -262,8 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
+
+def _add_demo(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``demo`` subcommand."""
     p = commands.add_parser(
-        "demo", parents=[common], help="synthetic data, Mask R-CNN vs MR R-CNN, table and figure"
+        "demo", parents=parents, help="synthetic data, Mask R-CNN vs MR R-CNN, table and figure"
     )
     demo = _defaults(run_demo)
     p.add_argument(
@@ -282,6 +278,35 @@ def build_parser() -> argparse.ArgumentParser:
             option, type=int, default=demo[parameter], metavar="N", help=f"{what} (default: %(default)s)"
         )
     p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand; each sets ``func`` to the function that runs it."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.lr=0.01 model.alpha=0.5",
+    )
+
+    parser = argparse.ArgumentParser(prog="mrrcnn", description="Mask Refining R-CNN on torchvision.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, parents in (
+        (_add_synth, [common]),
+        (_add_train, [common, overrides]),
+        (_add_eval, [common, device, overrides]),
+        (_add_predict, [common, device]),
+        (_add_export, [common, overrides]),
+        (_add_demo, [common]),
+    ):
+        add(commands, parents)
     return parser
 
 
