@@ -147,14 +147,13 @@ class CocoDetection(Dataset):
         image = read_image(path, name)
         height, width = image.shape[1:]
         if (width, height) != (record["width"], record["height"]):
-            turned = (
-                " (as displayed, its EXIF orientation applied)" if raw_size(path) != (width, height) else ""
-            )
-            stored = raw_size(path) == (record["width"], record["height"])
-            hint = "; the json has the stored size: annotate the image as displayed" if stored else ""
+            stored = raw_size(path)
+            turned = " (as displayed, its EXIF orientation applied)" if stored != (width, height) else ""
+            if stored == (record["width"], record["height"]):
+                turned += "; the json has the stored size: annotate the image as displayed"
             raise ValueError(
-                f"{name}: image is {width}x{height} (width x height){turned}, "
-                f"the json says {record['width']}x{record['height']}{hint}"
+                f"{name}: image is {width}x{height} (width x height), the json says "
+                f"{record['width']}x{record['height']}{turned}"
             )
         return image
 

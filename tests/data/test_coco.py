@@ -308,5 +308,8 @@ def test_exif_rotated_image_annotated_as_displayed(tmp_path):
     dataset["images"][0].update(width=H, height=W)
     dataset["annotations"] = dataset["annotations"][:1]
     annotation_file.write_text(json.dumps(dataset))
-    with pytest.raises(ValueError, match="its EXIF orientation applied.*the json has the stored size"):
+    with pytest.raises(
+        ValueError,
+        match="the json says 48x64 \\(as displayed, its EXIF orientation applied\\); the json has the stored size",
+    ):
         CocoDetection(tmp_path, annotation_file)[0]
