@@ -167,7 +167,10 @@ MODEL_KEYS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "shape_aware": BOOLEAN,
         "refine_cls": BOOLEAN,
         "refine_reg": BOOLEAN,
-        "sara_masks": (_one_of("predicted", "ground_truth"), "predicted or ground_truth"),
+        "sara_masks": (
+            _one_of("predicted", "ground_truth", "ground_truth_others"),
+            "predicted, ground_truth or ground_truth_others",
+        ),
     },
     "fpn": {
         "weights_backbone": (_optional(_path), "null or a torchvision weights name"),

@@ -56,7 +56,7 @@ def test_configs_resolve_by_name_with_or_without_suffix_and_by_path(tmp_path, mo
         ("model.alpha=-1", "model.alpha must be a finite number >= 0, got -1"),
         ("model.alpha=.nan", "model.alpha must be a finite number >= 0, got nan"),
         ("train.output_dir=null", "train.output_dir must be a folder path, got None"),
-        ("model.sara_masks=truth", "model.sara_masks must be predicted or ground_truth"),
+        ("model.sara_masks=truth", "model.sara_masks must be predicted, ground_truth or ground_truth_others"),
         ("eval.backend=coco", "eval.backend must be null, pycocotools or faster_coco_eval"),
         ("eval.nope=1", "eval.nope is not a known key; known keys: backend, batch_size, mask_threshold"),
         ("data.train={images: a}", "data.train must be null or a mapping with exactly 'images'"),

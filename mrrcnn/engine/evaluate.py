@@ -61,7 +61,7 @@ def evaluate_model(
         progress: show a progress bar (rank 0).
         device: where to run the model (moved there); default: where its parameters are.
         oracle_masks: for a model whose Shape-aware RoIAlign reads the ground truth (the diagnostic
-            ``sara_masks="ground_truth"``, which is then given the targets): a function of each image's
+            ``sara_masks`` other than ``"predicted"``, which is then given the targets): a function of each image's
             target (``boxes``, ``labels``, ``masks: UInt8Tensor[N, H, W]``, ``image_id``) returning the
             0/1 masks the model reads instead (same shape and dtype: the model's transform resizes them
             as uint8), e.g. degraded ones. The metrics are always against the true ground truth.
@@ -104,7 +104,7 @@ def evaluate_model(
                 if not images:  # every image of the batch was unreadable and skipped (data.skip_bad)
                     continue
                 images = [image.to(device, non_blocking=True) for image in images]
-                if getattr(model.roi_heads, "sara_masks", "predicted") == "ground_truth":
+                if getattr(model.roi_heads, "sara_masks", "predicted") != "predicted":
                     outputs = model(images, [_oracle_target(t, device, oracle_masks) for t in targets])
                 else:
                     outputs = model(images)

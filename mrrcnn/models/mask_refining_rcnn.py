@@ -22,8 +22,9 @@ class MaskRefiningRCNN(MaskRCNN):
         shape_aware: Shape-aware RoIAlign in the refining box head (False: plain RoIAlign, "RM w/o SARA").
         refine_cls: use the refined classification (False: stage 1's scores, refined boxes).
         refine_reg: use the refined boxes (False: stage 1's boxes, fused scores).
-        sara_masks: ``"predicted"`` (the method) or ``"ground_truth"`` (a diagnostic: Shape-aware RoIAlign
-            reads each box's best-IoU ground-truth mask, so evaluation needs ``model(images, targets)``).
+        sara_masks: ``"predicted"`` (the method), or the diagnostics ``"ground_truth"`` (Shape-aware
+            RoIAlign reads each box's best-IoU ground-truth mask) and ``"ground_truth_others"`` (1 minus
+            the other instances' masks), whose evaluation needs ``model(images, targets)``.
 
     Inputs and outputs are torchvision's: in training, ``model(images, targets)`` returns the losses
     (torchvision's five plus ``loss_refine_classifier``, ``loss_refine_box_reg``, ``loss_refine_mask``);

@@ -53,7 +53,7 @@ def refining_classes(labels: Tensor, class_logits: Tensor) -> Tensor:
     return torch.where(labels > 0, labels, pseudo)
 
 
-SARA_MASKS = ("predicted", "ground_truth")
+SARA_MASKS = ("predicted", "ground_truth", "ground_truth_others")
 
 
 class RefiningInput(NamedTuple):
@@ -72,7 +72,7 @@ class RefiningInput(NamedTuple):
 
 
 def ground_truth_masks_in_boxes(
-    boxes: list[Tensor], targets: list[dict[str, Tensor]], size: tuple[int, int]
+    boxes: list[Tensor], targets: list[dict[str, Tensor]], size: tuple[int, int], others: bool = False
 ) -> Tensor:
     """Each box's best-IoU ground-truth mask, resampled into the box frame as Mask R-CNN's mask targets are.
 
@@ -80,21 +80,27 @@ def ground_truth_masks_in_boxes(
         boxes: one ``Tensor[N_i, 4]`` per image (x1, y1, x2, y2, pixels of the image the targets are in).
         targets: per image ``boxes: Tensor[G_i, 4]`` and ``masks: UInt8Tensor[G_i, H, W]`` (0/1).
         size: (Hp, Wp) of the output masks.
+        others: instead, 1 minus the union of the *other* instances' masks: the neighbours removed, the
+            instance's own shape not shown.
 
     Returns:
         ``Tensor[N, Hp, Wp]`` in [0, 1]: RoIAlign of the mask over the box (torchvision's
         ``project_masks_on_boxes``), so a pixel holds the instance's share of its cell; zeros for images
-        without ground truth. A box overlapping no ground-truth box reads a mask outside it: zeros too.
+        without ground truth (ones with ``others``). A box overlapping no ground-truth box reads a mask
+        outside it: zeros too.
     """
     out = []
     for boxes_i, target in zip(boxes, targets):
-        gt_boxes, gt_masks = target["boxes"].to(boxes_i.dtype), target["masks"]
+        gt_boxes, gt_masks = target["boxes"].to(boxes_i.dtype), target["masks"].to(boxes_i.dtype)
         if gt_boxes.shape[0] == 0:
-            out.append(boxes_i.new_zeros((boxes_i.shape[0], *size)))
+            out.append(boxes_i.new_full((boxes_i.shape[0], *size), float(others)))
             continue
+        if others:
+            gt_masks = (gt_masks.sum(dim=0, keepdim=True) - gt_masks > 0).to(boxes_i.dtype)
         matched = box_ops.box_iou(boxes_i, gt_boxes).argmax(dim=1)
         rois = torch.cat([matched[:, None].to(boxes_i.dtype), boxes_i], dim=1)
-        out.append(roi_align(gt_masks[:, None].to(boxes_i.dtype), rois, size, 1.0)[:, 0])
+        resampled = roi_align(gt_masks[:, None], rois, size, 1.0)[:, 0]
+        out.append(1 - resampled if others else resampled)
     return torch.cat(out)
 
 
@@ -119,10 +125,12 @@ class MaskRefiningRoIHeads(RoIHeads):
             RoIAlign, the paper's "RM without SARA").
         refine_cls: use (and train) the refined classification; False keeps stage 1's scores.
         refine_reg: use (and train) the refined box regression; False keeps stage 1's boxes.
-        sara_masks: what Shape-aware RoIAlign weights by: ``"predicted"`` (stage 1's masks, the method) or
-            ``"ground_truth"``, a diagnostic that tells whether shape-aware pooling *can* help on a data
-            set: each box's best-IoU ground-truth mask, in training and at evaluation (which then needs
-            the targets). Not a way to report results; may be changed after training.
+        sara_masks: what Shape-aware RoIAlign weights by: ``"predicted"`` (stage 1's masks, the method);
+            or diagnostics that tell whether shape-aware pooling *can* help on a data set, in training and
+            at evaluation (which then needs the targets): ``"ground_truth"``, each box's best-IoU
+            ground-truth mask, and ``"ground_truth_others"``, 1 minus the other instances' masks (the
+            neighbours removed, the instance's own shape not shown). Not a way to report results; may be
+            changed after training.
     """
 
     refining_parameter_prefixes = (
@@ -200,7 +208,7 @@ class MaskRefiningRoIHeads(RoIHeads):
             proposals: one ``Tensor[P_i, 4]`` per image (x1, y1, x2, y2, resized-image pixels).
             image_shapes: (height, width) of each resized image.
             targets: torchvision's per-image dicts with ``boxes``, ``labels``, ``masks``: required in
-                training, and at evaluation when ``sara_masks == "ground_truth"``.
+                training, and at evaluation when ``sara_masks`` reads the ground truth.
 
         Returns:
             Training: ``({}, losses)`` with torchvision's three head losses plus ``loss_refine_classifier``
@@ -214,9 +222,12 @@ class MaskRefiningRoIHeads(RoIHeads):
             features = _channels_last(features)
         if self.training:
             return self._train_forward(features, proposals, image_shapes, targets)
-        if self.sara_masks == "ground_truth" and targets is None:
+        if self.sara_masks != "predicted" and targets is None:
+            # Concatenated, not an f-string: TorchScript compiles this method.
             raise ValueError(
-                "sara_masks='ground_truth' (a diagnostic) reads the ground-truth masks: pass targets at "
+                "sara_masks="
+                + self.sara_masks
+                + " (a diagnostic) reads the ground-truth masks: pass targets at "
                 "evaluation too"
             )
         refining_input, stage1_logits, stage1_scores = self.stage1_predict(features, proposals, image_shapes)
@@ -394,7 +405,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         SARA, stage 1's probabilities, or (the diagnostic ``sara_masks="ground_truth"``) the ground truth."""
         if not self.shape_aware:
             return None
-        if self.sara_masks == "ground_truth":
+        if self.sara_masks != "predicted":
             return self._ground_truth_masks(refining_input, targets)
         return refining_input.probabilities
 
@@ -404,7 +415,8 @@ class MaskRefiningRoIHeads(RoIHeads):
     ) -> Tensor:
         """The diagnostic's masks: each box's best-IoU ground-truth mask (eager only: it reads targets)."""
         size = refining_input.probabilities.shape[-2:]
-        return ground_truth_masks_in_boxes(refining_input.boxes, targets, size)
+        others = self.sara_masks == "ground_truth_others"
+        return ground_truth_masks_in_boxes(refining_input.boxes, targets, size, others)
 
     def _stage1_masks(
         self,

@@ -107,6 +107,13 @@ def test_ground_truth_masks_in_boxes_hand_computed():
     empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 8, 8, dtype=torch.uint8)}
     assert ground_truth_masks_in_boxes([boxes], [empty], (3, 2)).shape == (3, 3, 2)
 
+    # "others": 1 minus the union of the other instances' masks, resampled the same way.
+    others = ground_truth_masks_in_boxes([boxes], [target], (4, 4), others=True)
+    torch.testing.assert_close(
+        others, 1 - project_masks_on_boxes(masks.flip(0), boxes, torch.tensor([0, 1, 0]), 4)
+    )
+    assert ground_truth_masks_in_boxes([boxes], [empty], (3, 2), others=True).eq(1).all()
+
 
 def test_sara_masks_must_be_known():
     with pytest.raises(ValueError, match="sara_masks must be one of"):
