@@ -55,35 +55,38 @@ def iou_figure(best_ious: dict[str, dict[str, np.ndarray]], out: Path) -> None:
 
 
 def quality_figure(
-    curves: dict[str, list[tuple[float, float, float]]],
+    panels: dict[str, list[tuple[str, float, float, float]]],
     levels: dict[str, dict[str, float]],
     predicted_iou: float,
     out: Path,
 ) -> None:
-    """Box AP and huddled box AP of SARA fed degraded ground-truth masks against the masks' mean IoU.
+    """Box AP and huddled box AP of each oracle fed degraded ground-truth masks, against the masks' IoU.
 
     Args:
-        curves: family -> points (mask IoU, box AP, huddled box AP), means over seeds.
-        levels: reference levels drawn as horizontal lines, label -> {"bbox/AP": .., "huddled/bbox/AP": ..}.
+        panels: oracle title -> points (degradation family, mask IoU, box AP, huddled box AP), means over
+            seeds; one row of two plots per oracle.
+        levels: reference levels drawn as horizontal lines in every plot, label -> {"bbox/AP": ..,
+            "huddled/bbox/AP": ..}.
         predicted_iou: mean IoU of stage 1's predicted masks, drawn as a vertical line.
     """
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for axis, column, key, title in (
-        (axes[0], 1, "bbox/AP", "box AP"),
-        (axes[1], 2, "huddled/bbox/AP", "huddled box AP"),
-    ):
-        for family, points in curves.items():
-            points = sorted(points)
-            axis.plot(
-                [p[0] for p in points], [p[column] for p in points], "o-", label=f"ground truth, {family}"
-            )
-        for (label, values), style in zip(levels.items(), ("k--", "r:", "g-.")):
-            axis.axhline(values[key], color=style[0], linestyle=style[1:], label=label)
-        axis.axvline(predicted_iou, color="grey", linestyle=":", label="quality of predicted masks")
-        axis.set_xlabel("mean IoU of the masks SARA reads with the true masks")
-        axis.set_ylabel(f"{title} (val)")
-        axis.set_title(f"{title} against mask quality")
-        axis.legend(fontsize=6)
+    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.8 * len(panels)), squeeze=False)
+    for row, (title, points) in zip(axes, panels.items()):
+        for axis, column, key, metric in (
+            (row[0], 2, "bbox/AP", "box AP"),
+            (row[1], 3, "huddled/bbox/AP", "huddled box AP"),
+        ):
+            for family in dict.fromkeys(p[0] for p in points):
+                mine = sorted(p[1:] for p in points if p[0] == family)
+                axis.plot(
+                    [p[0] for p in mine], [p[column - 1] for p in mine], "o-", label=f"degraded: {family}"
+                )
+            for (label, values), style in zip(levels.items(), ("k--", "r:", "g-.", "m-.")):
+                axis.axhline(values[key], color=style[0], linestyle=style[1:], label=label)
+            axis.axvline(predicted_iou, color="grey", linestyle=":", label="quality of predicted masks")
+            axis.set_xlabel("mean IoU of the degraded masks with the true ones")
+            axis.set_ylabel(f"{metric} (val)")
+            axis.set_title(f"{title}: {metric}", fontsize=9)
+            axis.legend(fontsize=6)
     _save(figure, out)
 
 

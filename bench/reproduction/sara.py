@@ -131,23 +131,33 @@ def predicted_quality(weights: Path, work: Path) -> dict[str, float]:
     return {**_summary(ious, flags), "detected_fraction": found / max(total, 1)}
 
 
+# Oracle run -> folder of its degraded-mask evaluations.
+QUALITY_FOLDERS = {"mrrcnn_oracle": "quality", "mrrcnn_oracle_others": "quality_others"}
+
+
 def run_sara_study(weights: dict[str, Path], results: Path, work: Path) -> None:
     """Every evaluation of the SARA study for one seed, each cached as a JSON under ``results``:
-    the predicted-mask model read with ground-truth masks, the oracle read with predicted masks, the
-    oracle on degraded ground truth at every level of :data:`DEGRADATIONS`, and stage 1's mask quality."""
+    the predicted-mask model read with ground-truth masks, the oracle read with predicted masks, each
+    oracle on degraded ground truth at every level of :data:`DEGRADATIONS` (the "others" oracle removes
+    the degraded masks of the neighbours), and stage 1's mask quality."""
     evaluate(weights["mrrcnn"], results / "mrrcnn_gt_masks.json", work, sara_masks="ground_truth")
     evaluate(
         weights["mrrcnn_oracle"], results / "mrrcnn_oracle_predicted_masks.json", work, sara_masks="predicted"
     )
     dataset = CocoDetection(work / "data" / "val", work / "data" / "annotations" / "val.json")
-    for family, levels in DEGRADATIONS.items():
-        for level in levels:
-            out = results / "quality" / f"{family}{level}.json"
-            if out.is_file():
-                continue
-            hurt = partial(degrade_target, family=family, level=level)
-            metrics = evaluate(weights["mrrcnn_oracle"], out, work, oracle_masks=hurt)
-            out.write_text(json.dumps({**metrics, **degradation_quality(dataset, family, level)}, indent=1))
+    for run, folder in QUALITY_FOLDERS.items():
+        if run not in weights:
+            continue
+        for family, levels in DEGRADATIONS.items():
+            for level in levels:
+                out = results / folder / f"{family}{level}.json"
+                if out.is_file():
+                    continue
+                hurt = partial(degrade_target, family=family, level=level)
+                metrics = evaluate(weights[run], out, work, oracle_masks=hurt)
+                out.write_text(
+                    json.dumps({**metrics, **degradation_quality(dataset, family, level)}, indent=1)
+                )
     out = results / "mask_quality_predicted.json"
     if not out.is_file():
         out.write_text(json.dumps(predicted_quality(weights["mrrcnn"], work), indent=1))
