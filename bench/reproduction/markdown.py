@@ -381,8 +381,17 @@ def hard_section(hard: Loaded) -> tuple[str, dict[str, list[float]]]:
     comparisons = sara_comparisons(hard)
     comparisons = {k: v for k, v in comparisons.items() if v["bbox/AP"]}
     gain = {k: hard.delta("mrrcnn", "maskrcnn_finetune", k) for k in SARA_KEYS}
+    predicted = [m for m in hard.metrics["mask_quality_predicted"] if m]
+    quality = (
+        f"Stage 1's masks here: mean IoU {statistics.mean(m['mask_iou/all'] for m in predicted):.3f} "
+        f"({statistics.mean(m['mask_iou/huddled'] for m in predicted):.3f} on huddled instances), measured as in "
+        "section 3.\n"
+        if predicted
+        else ""
+    )
     text = f"""{metrics_table(hard, rows, paper=False)}
-{comparison_table({"MR R-CNN - control": gain, **comparisons})}"""
+{comparison_table({"MR R-CNN - control": gain, **comparisons})}
+{quality}"""
     return text, comparisons.get("SARA (predicted masks) - no SARA", {})
 
 
