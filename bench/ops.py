@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         "layout; it copies channels-last input to NCHW first) for the same device, size and pass. "
         "`output GB/s` is the float32 output's size over the time: the rate at which the pass produces its "
         "result, against the memory bandwidth of the device (reading the features comes on top). On CUDA, "
-        "`ours` runs the Triton kernels and `embedding_bag shape-aware` the fallback path.\n\n" + table
+        "`ours` runs the Triton kernels (from NCHW features, after a copy to channels-last that the time "
+        "includes) and `embedding_bag shape-aware` the fallback path.\n\n" + table
     )
     print(table)
     if args.out is not None:

@@ -182,8 +182,8 @@ def shape_aware_roi_align(
     ``embedding_bag`` path's mask gradient (``F.interpolate``'s CUDA backward) would too.
 
     Args:
-        input: ``Tensor[B, C, H, W]`` features, in any memory layout. The Triton path reads it through its
-            strides; the ``embedding_bag`` path uses channels-last input in place and copies any other.
+        input: ``Tensor[B, C, H, W]`` features, in any memory layout. Both paths use channels-last input
+            in place and copy any other to channels-last.
         boxes: ``Tensor[K, 5]`` rows (batch index, x1, y1, x2, y2), or a list of ``Tensor[L_i, 4]`` per image,
             in image coordinates. Batch indices are checked on the CPU only (see :func:`convert_to_rois`).
         masks: ``Tensor[K, Hp, Wp]`` instance probabilities (not logits), one per box, or None.
@@ -193,16 +193,24 @@ def shape_aware_roi_align(
         aligned: shift box coordinates by -0.5 pixel (pixel-centre convention).
 
     Returns:
-        ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, differentiable with respect to ``input`` and
-        ``masks``. Channels-last memory format, except from the Triton path for input that is not
-        channels-last (then contiguous).
+        ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, channels-last, differentiable with respect to
+        ``input`` and ``masks``.
     """
     rois, masks, size = validate_arguments(input, boxes, masks, output_size, spatial_scale)
     if input.device.type == "cuda":
         kernels = _triton_kernels(input)
         if kernels is not None and not _deterministic_route(input, masks):
+            # The kernels read a tile of channels at a time: from NCHW maps that is one strided load
+            # per channel, slower than copying the map to channels-last first (ours on NCHW against
+            # channels-last features in docs/benchmarks/ops_cuda.md).
             return kernels.shape_aware_roi_align_rois(
-                input, rois, masks, size, spatial_scale, sampling_ratio, aligned
+                input.contiguous(memory_format=torch.channels_last),
+                rois,
+                masks,
+                size,
+                spatial_scale,
+                sampling_ratio,
+                aligned,
             )
         if input.dtype == torch.bfloat16:
             # This path fails for bfloat16 on CUDA (embedding_bag with per-sample weights): float32 it is.
