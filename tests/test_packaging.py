@@ -1,5 +1,6 @@
 """The wheel a user installs holds the configs, and the installed package finds them from any folder."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -54,7 +55,8 @@ def test_installed_wheel_resolves_configs_by_name_from_another_folder(wheel, tmp
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env={"PYTHONPATH": str(target)},
+        # The wheel first; the rest of PYTHONPATH for its dependencies where they live there.
+        env={"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])},
         capture_output=True,
         text=True,
         check=False,
