@@ -371,7 +371,7 @@ predicted masks of the same IoU do not: the curves bound what masks of a given q
     return text, {"panels": panels, "means": means, "predicted_iou": predicted_iou}
 
 
-def hard_section(hard: Loaded) -> tuple[str, dict[str, list[float]]]:
+def hard_section(hard: Loaded) -> tuple[str, dict[str, dict[str, list[float]]]]:
     if not hard.seeds:
         return "Not run yet.\n", {}
     rows = labels(
@@ -392,7 +392,7 @@ def hard_section(hard: Loaded) -> tuple[str, dict[str, list[float]]]:
     text = f"""{metrics_table(hard, rows, paper=False)}
 {comparison_table({"MR R-CNN - control": gain, **comparisons})}
 {quality}"""
-    return text, comparisons.get("SARA (predicted masks) - no SARA", {})
+    return text, comparisons
 
 
 def sara_section(main: Loaded, hard: Loaded) -> str:
@@ -445,7 +445,9 @@ stage 1's mask and with the ground truth (`bench/reproduction/sara.py:figure_sar
 
 
 def conclusion(
-    comparisons: dict[str, dict[str, list[float]]], quality: dict[str, Any], hard: dict[str, list[float]]
+    comparisons: dict[str, dict[str, list[float]]],
+    quality: dict[str, Any],
+    hard: dict[str, dict[str, list[float]]],
 ) -> str:
     """Plain-language answer, every clause chosen by the numbers."""
     predicted = comparisons["SARA (predicted masks) - no SARA"]
@@ -476,9 +478,36 @@ def conclusion(
         )
     if quality:
         lines.append(_quality_sentence(quality))
-    if hard:
-        lines.append(f"- On the harder variant, SARA with predicted masks over no SARA: {_effect(hard)}.")
+    hard_predicted = hard.get("SARA (predicted masks) - no SARA")
+    hard_oracle = hard.get("SARA on ground truth (trained and read) - no SARA")
+    if hard_predicted:
+        lines.append(
+            f"- On the harder variant, SARA with predicted masks over no SARA: {_effect(hard_predicted)}"
+            + (f"; with ground-truth masks: {_effect(hard_oracle)}." if hard_oracle else ".")
+        )
+    if oracle["bbox/AP"] and quality:
+        lines.append(f"- **In short**: {_in_short(predicted, oracle, quality)}")
     return "\n".join(lines)
+
+
+def _in_short(
+    predicted: dict[str, list[float]], oracle: dict[str, list[float]], quality: dict[str, Any]
+) -> str:
+    """One sentence for a user deciding on ``shape_aware``, every clause chosen by the numbers."""
+    oracle_helps = statistics.mean(oracle["bbox/AP"]) > 0 and judge(oracle["bbox/AP"]) != "a loss"
+    predicted_helps = judge(predicted["bbox/AP"]) == "a gain"
+    if not oracle_helps:
+        return "SARA gives nothing here even with true masks: keep `shape_aware: false` on data like this."
+    iou = quality["predicted_iou"]
+    if predicted_helps:
+        return f"SARA helps with stage 1's own masks (mean IoU {iou:.2f}) and more with better ones: keep it."
+    return (
+        "shape-aware pooling works as the paper means it when the masks are right, but it is only as good as "
+        f"the masks it reads: stage 1's (mean IoU {iou:.2f}) are at the quality where SARA's gain is gone, so "
+        "here `shape_aware: true` buys nothing. The curves suggest it pays only with masks "
+        "clearly better than that (a stronger or longer-trained stage 1); this miniature cannot say how much "
+        "better on COCO."
+    )
 
 
 def _effect(differences: dict[str, list[float]]) -> str:
@@ -498,10 +527,11 @@ def _quality_sentence(quality: dict[str, Any]) -> str:
         for family, iou, box, _ in points:
             if box > floor:
                 lowest[family] = min(lowest.get(family, 1.0), iou)
-        parts.append(f"{title}: " + ", ".join(f"{f} down to mask IoU {v:.2f}" for f, v in lowest.items()))
+        parts.append(f"{title}, " + ", ".join(f"{f} {v:.2f}" for f, v in lowest.items()))
     return (
-        f"- Degraded, the oracles stay above the no-SARA box AP ({floor:.1f}) {'; '.join(parts)}; stage 1's "
-        f"masks have mean IoU {quality['predicted_iou']:.2f}."
+        f"- Read with degraded true masks, the oracles stay above the no-SARA box AP ({floor:.1f}) down to "
+        f"these mean mask IoUs: {'; '.join(parts)}. Stage 1's masks have mean IoU "
+        f"{quality['predicted_iou']:.2f}."
     )
 
 
@@ -528,8 +558,8 @@ Written by the script from the differences above; a verdict needs two or more se
   huddled box AP {seen(sara["huddled/bbox/AP"])}. On huddled instances, {with_sara["iou75"]:.1f}% get a
   same-class box with IoU >= 0.75 with SARA against {without["iou75"]:.1f}% without (control
   {control["iou75"]:.1f}%), and {with_sara["confused"]:.1f}% of the found ones are given another class against
-  {without["confused"]:.1f}% (control {control["confused"]:.1f}%). Whether better masks would change this:
-  "Does SARA help, and when?" above.
+  {without["confused"]:.1f}% (control {control["confused"]:.1f}%). When it would help, and why not
+  here: "Does SARA help, and when?" above (its "In short").
 - **Mostly through regression** (paper: REG only {PAPER["mrrcnn_reg_only"][0]} against CLS only
   {PAPER["mrrcnn_cls_only"][0]} box AP). REG only against CLS only, box AP: {verdict(reg_vs_cls["bbox/AP"])};
   mask AP: {verdict(reg_vs_cls["segm/AP"])}.
