@@ -501,12 +501,22 @@ def _in_short(
     iou = quality["predicted_iou"]
     if predicted_helps:
         return f"SARA helps with stage 1's own masks (mean IoU {iou:.2f}) and more with better ones: keep it."
+    floor = quality["means"]["mrrcnn_no_sara"]["bbox/AP"]
+    others = quality["panels"].get(f"SARA on {ORACLES['mrrcnn_oracle_others']}", [])
+    others_robust = any(i <= iou and box > floor for _, i, box, _ in others)
     return (
         "shape-aware pooling works as the paper means it when the masks are right, but it is only as good as "
         f"the masks it reads: stage 1's (mean IoU {iou:.2f}) are at the quality where SARA's gain is gone, so "
         "here `shape_aware: true` buys nothing. The curves suggest it pays only with masks "
         "clearly better than that (a stronger or longer-trained stage 1); this miniature cannot say how much "
         "better on COCO."
+        + (
+            " Removing the neighbours instead of weighting by the instance's own mask degrades more gently: "
+            "that oracle still gains with true masks degraded to stage 1's quality, a variant (1 - the other "
+            "detections' predicted masks) that would be worth a run of its own."
+            if others_robust
+            else ""
+        )
     )
 
 
