@@ -501,13 +501,20 @@ def _in_short(
     iou = quality["predicted_iou"]
     if predicted_helps:
         return f"SARA helps with stage 1's own masks (mean IoU {iou:.2f}) and more with better ones: keep it."
+    masks_gain = judge(predicted["segm/AP"]) == "a gain"
+    with_predicted = (
+        f"they add no box AP and a small mask AP gain ({mean_std(predicted['segm/AP'])}), so "
+        "`shape_aware: true` is worth keeping for the masks, not for the boxes"
+        if masks_gain
+        else "`shape_aware: true` buys nothing here"
+    )
     floor = quality["means"]["mrrcnn_no_sara"]["bbox/AP"]
     others = quality["panels"].get(f"SARA on {ORACLES['mrrcnn_oracle_others']}", [])
     others_robust = any(i <= iou and box > floor for _, i, box, _ in others)
     return (
         "shape-aware pooling works as the paper means it when the masks are right, but it is only as good as "
-        f"the masks it reads: stage 1's (mean IoU {iou:.2f}) are at the quality where SARA's gain is gone, so "
-        "here `shape_aware: true` buys nothing. The curves suggest it pays only with masks "
+        f"the masks it reads: stage 1's (mean IoU {iou:.2f}) are at the quality where its box-AP gain is "
+        f"gone; {with_predicted}. The curves suggest it pays only with masks "
         "clearly better than that (a stronger or longer-trained stage 1); this miniature cannot say how much "
         "better on COCO."
         + (
@@ -521,10 +528,15 @@ def _in_short(
 
 
 def _effect(differences: dict[str, list[float]]) -> str:
-    """``box AP <word> (m ± s), huddled box AP <word> (m ± s)``."""
+    """``box AP <word> (m ± s), huddled box AP <word> (m ± s), mask AP ..., huddled mask AP ...``."""
     return ", ".join(
         f"{name} {seen(differences[key])} ({mean_std(differences[key])})"
-        for key, name in (("bbox/AP", "box AP"), ("huddled/bbox/AP", "huddled box AP"))
+        for key, name in (
+            ("bbox/AP", "box AP"),
+            ("huddled/bbox/AP", "huddled box AP"),
+            ("segm/AP", "mask AP"),
+            ("huddled/segm/AP", "huddled mask AP"),
+        )
     )
 
 
