@@ -580,8 +580,8 @@ Written by the script from the differences above; a verdict needs two or more se
   huddled box AP {seen(sara["huddled/bbox/AP"])}. On huddled instances, {with_sara["iou75"]:.1f}% get a
   same-class box with IoU >= 0.75 with SARA against {without["iou75"]:.1f}% without (control
   {control["iou75"]:.1f}%), and {with_sara["confused"]:.1f}% of the found ones are given another class against
-  {without["confused"]:.1f}% (control {control["confused"]:.1f}%). When it would help, and why not
-  here: "Does SARA help, and when?" above (its "In short").
+  {without["confused"]:.1f}% (control {control["confused"]:.1f}%). When it helps, and what it
+  would take: "Does SARA help, and when?" above (its "In short").
 - **Mostly through regression** (paper: REG only {PAPER["mrrcnn_reg_only"][0]} against CLS only
   {PAPER["mrrcnn_cls_only"][0]} box AP). REG only against CLS only, box AP: {verdict(reg_vs_cls["bbox/AP"])};
   mask AP: {verdict(reg_vs_cls["segm/AP"])}.
