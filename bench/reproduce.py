@@ -8,8 +8,8 @@
 Per seed: a Mask R-CNN (``synthetic/maskrcnn_small``) trains from scratch; from that one checkpoint, for
 the same number of iterations and with the same recipe, runs fine-tune: the Mask R-CNN itself (the
 equal-compute control the paper lacks), the refining module without SARA, MR R-CNN, and SARA fed
-ground-truth masks (the oracles of the SARA study: the instance's own mask, and 1 minus the others'); with ``--runs all`` also classification-only and
-regression-only refinement (Table 4). Every run is evaluated on val (COCO AP overall and on huddled /
+ground-truth masks (the oracles of the SARA study: the instance's own mask, and 1 minus the others'); with
+``--runs all`` also classification-only and regression-only refinement (Table 4). Every run is evaluated on val (COCO AP overall and on huddled /
 isolated instances), MR R-CNN also at every alpha of Table 5 without retraining, and the oracle with
 degraded masks (``bench/reproduction/sara.py``).
 
@@ -32,6 +32,7 @@ from reproduction.runs import (
     ALPHAS,
     BENCHMARKS,
     CORE_RUNS,
+    DIAGNOSED,
     FIGURES,
     ROOT,
     RUNS,
@@ -42,8 +43,6 @@ from reproduction.runs import (
     write_commands,
 )
 from reproduction.sara import figure_sara_features, run_sara_study
-
-DIAGNOSED = ("maskrcnn_finetune", "mrrcnn_no_sara", "mrrcnn", "mrrcnn_oracle", "mrrcnn_oracle_others")
 
 
 def run_seed(benchmark: Benchmark, seed: int, work: Path, runs: tuple[str, ...], data_command: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from common import machine
 
 from . import load, plots
-from .runs import ALPHAS, BENCHMARKS, FIGURES, RUNS, Benchmark
+from .runs import ALPHAS, BENCHMARKS, DIAGNOSED, FIGURES, RUNS, Benchmark
 from .sara import DEGRADATIONS, QUALITY_FOLDERS
 from .stats import judge, mean_std, seen, verdict
 
@@ -616,9 +616,7 @@ def report(out: Path) -> None:
     main, hard = Loaded.read(BENCHMARKS["synthetic"]), Loaded.read(BENCHMARKS["uniform"])
     if not main.seeds:
         raise SystemExit(f"no results under {main.benchmark.results}: run bench/reproduce.py first")
-    diag = diagnostics(
-        main, ("maskrcnn_finetune", "mrrcnn_no_sara", "mrrcnn", "mrrcnn_oracle", "mrrcnn_oracle_others")
-    )
+    diag = diagnostics(main, DIAGNOSED)
     text = f"""# Tables 3-5 in miniature, and does SARA help? MR R-CNN on the synthetic huddled benchmark
 
 Written by `python bench/reproduce.py` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) from the metrics in

@@ -56,6 +56,8 @@ CORE_RUNS = (
     "mrrcnn_oracle_others",
 )
 ALPHAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# The runs whose val detections are diagnosed (boxes found, classes confused) and reported.
+DIAGNOSED = ("maskrcnn_finetune", "mrrcnn_no_sara", "mrrcnn", "mrrcnn_oracle", "mrrcnn_oracle_others")
 
 
 @dataclass(frozen=True)
