@@ -148,12 +148,12 @@ class CocoDetection(Dataset):
         height, width = image.shape[1:]
         if (width, height) != (record["width"], record["height"]):
             stored = raw_size(path)
-            turned = " (as displayed, its EXIF orientation applied)" if stored != (width, height) else ""
+            why = " (as displayed, its EXIF orientation applied)" if stored != (width, height) else ""
             if stored == (record["width"], record["height"]):
-                turned += "; the json has the stored size: annotate the image as displayed"
+                why += "; the json has the stored size: annotate the image as displayed"
             raise ValueError(
                 f"{name}: image is {width}x{height} (width x height), the json says "
-                f"{record['width']}x{record['height']}{turned}"
+                f"{record['width']}x{record['height']}{why}"
             )
         return image
 
