@@ -108,6 +108,13 @@ def make_synthetic(
     out_dir = Path(out_dir)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"out_dir": str(out_dir)}
+    info = {
+        "description": "mrrcnn synthetic huddled instances",
+        "seed": seed,
+        "image_size": image_size,
+        "crowding": crowding,
+        "appearance": appearance,
+    }
     with tqdm(total=num_train + num_val, desc="synth", unit="img", disable=None) as progress:
         for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
             images_dir = out_dir / split
@@ -122,31 +129,13 @@ def make_synthetic(
                 images.append(
                     {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
                 )
-                boxes = _mask_boxes(masks)
-                num_huddled += int(huddled(torch.from_numpy(boxes).double()).sum())
-                rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-                for label, box, rle in zip(labels, boxes, rles):
-                    annotations.append(
-                        {
-                            "id": len(annotations) + 1,
-                            "image_id": image_id,
-                            "category_id": int(label),
-                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                            "area": int(mask_util.area(rle)),
-                            "bbox": [int(box[0]), int(box[1]), int(box[2] - box[0]), int(box[3] - box[1])],
-                            "iscrowd": 0,
-                        }
-                    )
+                records, image_huddled = _instance_records(image_id, len(annotations) + 1, labels, masks)
+                annotations.extend(records)
+                num_huddled += image_huddled
                 progress.update()
             annotation_file = out_dir / "annotations" / f"{split}.json"
             coco = {
-                "info": {
-                    "description": "mrrcnn synthetic huddled instances",
-                    "seed": seed,
-                    "image_size": image_size,
-                    "crowding": crowding,
-                    "appearance": appearance,
-                },
+                "info": info,
                 "licenses": [],
                 "images": images,
                 "annotations": annotations,
@@ -163,6 +152,33 @@ def make_synthetic(
                 "huddled_fraction": num_huddled / max(len(annotations), 1),
             }
     return summary
+
+
+def _instance_records(
+    image_id: int, first_id: int, labels: np.ndarray, masks: np.ndarray
+) -> tuple[list[dict[str, Any]], int]:
+    """COCO annotation records of one image's instances, numbered from ``first_id``, and how many are huddled.
+
+    Args:
+        labels: ``int[N]`` category ids.
+        masks: ``uint8[N, H, W]`` visible parts, 0/1.
+    """
+    boxes = _mask_boxes(masks)
+    num_huddled = int(huddled(torch.from_numpy(boxes).double()).sum())
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    records = [
+        {
+            "id": first_id + i,
+            "image_id": image_id,
+            "category_id": int(label),
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask_util.area(rle)),
+            "bbox": [int(box[0]), int(box[1]), int(box[2] - box[0]), int(box[3] - box[1])],
+            "iscrowd": 0,
+        }
+        for i, (label, box, rle) in enumerate(zip(labels, boxes, rles))
+    ]
+    return records, num_huddled
 
 
 def _draw_image(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL.Image import Image
 
 from ..config import CONFIG_DIR, load_config
 from ..data import CocoDetection, make_synthetic, most_huddled
@@ -121,21 +122,7 @@ def run_demo(
             100 * data[split]["huddled_fraction"],
         )
 
-    weights: dict[str, Path] = {}
-    trained: set[str] = set()
-    for title, folder, config_name, start in RUNS:
-        length = iterations if start is None else finetune_iterations
-        base = None if start is None else out_dir / start / "final.pth"
-        config = _run_config(config_name, out_dir / folder, data, length, seed, base)
-        final = out_dir / folder / "final.pth"
-        # A fine-tuned run is stale once the run it started from was trained again.
-        if final.is_file() and start not in trained:
-            logger.info("[2-3/6] %s: %s exists, not training again", title, final)
-        else:
-            logger.info("[2-3/6] %s: training %s for %d iterations", title, config["model"]["name"], length)
-            final = train(config, progress=progress)
-            trained.add(folder)
-        weights[title] = final
+    weights = _train_runs(out_dir, data, iterations, finetune_iterations, seed, progress)
 
     logger.info("[4/6] evaluating on val")
     models, metrics = {}, {}
@@ -155,20 +142,9 @@ def run_demo(
     )
     print(table, end="")
 
-    logger.info("[6/6] comparison on the most huddled val images -> %s", out_dir / "comparison.png")
-    dataset = CocoDetection(data["val"]["images_dir"], data["val"]["annotation_file"])
-    pictures, titles = [], []
-    with torch.no_grad():
-        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, comparison_images):
-            image, _ = dataset[index]
-            file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
-            for title in FIGURE_MODELS:
-                model = models[title]
-                output = model([image.to(next(model.parameters()).device)])[0]
-                pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
-                titles.append(f"{title}: {file_name} ({num_huddled} huddled)")
     comparison = out_dir / "comparison.png"
-    side_by_side(pictures, titles, columns=len(FIGURE_MODELS)).save(comparison)
+    logger.info("[6/6] comparison on the most huddled val images -> %s", comparison)
+    _comparison_figure(models, data["val"], comparison_images).save(comparison)
     logger.info("done in %.1f minutes: %s, %s", (time.perf_counter() - started) / 60, results, comparison)
     return {
         "metrics": metrics,
@@ -177,3 +153,44 @@ def run_demo(
         "comparison": comparison,
         "weights": weights,
     }
+
+
+def _train_runs(
+    out_dir: Path, data: dict[str, Any], iterations: int, finetune_iterations: int, seed: int, progress: bool
+) -> dict[str, Path]:
+    """Train (or find already trained) each of ``RUNS``; their ``final.pth`` by column title."""
+    weights: dict[str, Path] = {}
+    trained: set[str] = set()
+    for title, folder, config_name, start in RUNS:
+        length = iterations if start is None else finetune_iterations
+        base = None if start is None else out_dir / start / "final.pth"
+        config = _run_config(config_name, out_dir / folder, data, length, seed, base)
+        final = out_dir / folder / "final.pth"
+        # A fine-tuned run is stale once the run it started from was trained again.
+        if final.is_file() and start not in trained:
+            logger.info("[2-3/6] %s: %s exists, not training again", title, final)
+        else:
+            logger.info("[2-3/6] %s: training %s for %d iterations", title, config["model"]["name"], length)
+            final = train(config, progress=progress)
+            trained.add(folder)
+        weights[title] = final
+    return weights
+
+
+def _comparison_figure(models: dict[str, torch.nn.Module], val: dict[str, Any], num_images: int) -> Image:
+    """``FIGURE_MODELS``' predictions side by side on the ``num_images`` most huddled images of ``val``.
+
+    ``val`` is the split's entry of :func:`mrrcnn.data.make_synthetic`'s result.
+    """
+    dataset = CocoDetection(val["images_dir"], val["annotation_file"])
+    pictures, titles = [], []
+    with torch.no_grad():
+        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, num_images):
+            image, _ = dataset[index]
+            file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
+            for title in FIGURE_MODELS:
+                model = models[title]
+                output = model([image.to(next(model.parameters()).device)])[0]
+                pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
+                titles.append(f"{title}: {file_name} ({num_huddled} huddled)")
+    return side_by_side(pictures, titles, columns=len(FIGURE_MODELS))

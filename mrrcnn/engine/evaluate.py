@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ def evaluate_model(
         progress: show a progress bar (rank 0).
         device: where to run the model (moved there); default: where its parameters are.
         oracle_masks: for a model whose Shape-aware RoIAlign reads the ground truth (the diagnostic
-            ``sara_masks`` other than ``"predicted"``, which is then given the targets): a function of each image's
-            target (``boxes``, ``labels``, ``masks: UInt8Tensor[N, H, W]``, ``image_id``) returning the
-            0/1 masks the model reads instead (same shape and dtype: the model's transform resizes them
+            ``sara_masks`` other than ``"predicted"``, which is then given the targets): a function of each
+            image's target (``boxes``, ``labels``, ``masks: UInt8Tensor[N, H, W]``, ``image_id``) returning
+            the 0/1 masks the model reads instead (same shape and dtype: the model's transform resizes them
             as uint8), e.g. degraded ones. The metrics are always against the true ground truth.
 
     Returns:
@@ -90,17 +90,47 @@ def evaluate_model(
         model = model.module
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    mask_threshold = eval_config.get("mask_threshold", 0.5)
+    records, image_ids = _predict_records(
+        model,
+        tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0),
+        device,
+        eval_config.get("mask_threshold", 0.5),
+        oracle_masks,
+    )
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (records, image_ids))
+        if this_rank != 0:
+            return {}
+        records = [r for shard_records, _ in gathered for r in shard_records]
+        image_ids = [i for _, shard_ids in gathered for i in shard_ids]
 
+    gt = _evaluated_ground_truth(dataset.coco.dataset, image_ids, data["images"])
+    metrics = evaluate_split(gt, records, backend=eval_config.get("backend") or DEFAULT_BACKEND)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_results(records, output_dir / f"results_{split}.json")
+        strict = {key: None if math.isnan(value) else value for key, value in metrics.items()}
+        (output_dir / f"metrics_{split}.json").write_text(json.dumps(strict, indent=1) + "\n")
+    return metrics
+
+
+def _predict_records(
+    model: nn.Module,
+    batches: Iterable[tuple[list[Tensor], list[dict[str, Any]]]],
+    device: torch.device,
+    mask_threshold: float,
+    oracle_masks: Callable[[dict[str, Any]], Tensor] | None,
+) -> tuple[list[dict], list[int]]:
+    """COCO results records of ``model`` (in eval mode, then restored) on ``batches``, and the ids read."""
     was_training = model.training
     model.eval()
     records: list[dict] = []
     image_ids: list[int] = []
     try:
         with torch.no_grad():
-            for images, targets in tqdm(
-                loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0
-            ):
+            for images, targets in batches:
                 if not images:  # every image of the batch was unreadable and skipped (data.skip_bad)
                     continue
                 images = [image.to(device, non_blocking=True) for image in images]
@@ -114,34 +144,22 @@ def evaluate_model(
                 image_ids.extend(ids)
     finally:
         model.train(was_training)
+    return records, image_ids
 
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (records, image_ids))
-        if this_rank != 0:
-            return {}
-        records = [r for shard_records, _ in gathered for r in shard_records]
-        image_ids = [i for _, shard_ids in gathered for i in shard_ids]
 
-    gt = dataset.coco.dataset
-    if len(image_ids) < len(gt["images"]):
-        logger.warning(
-            "%d of the %d images of %s could not be read; they are left out of the evaluation",
-            len(gt["images"]) - len(image_ids),
-            len(gt["images"]),
-            data["images"],
-        )
-        evaluated = set(image_ids)
-        gt = {
-            **gt,
-            "images": [image for image in gt["images"] if image["id"] in evaluated],
-            "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in evaluated],
-        }
-    metrics = evaluate_split(gt, records, backend=eval_config.get("backend") or DEFAULT_BACKEND)
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_results(records, output_dir / f"results_{split}.json")
-        strict = {key: None if math.isnan(value) else value for key, value in metrics.items()}
-        (output_dir / f"metrics_{split}.json").write_text(json.dumps(strict, indent=1) + "\n")
-    return metrics
+def _evaluated_ground_truth(gt: dict[str, Any], image_ids: list[int], images_dir: str) -> dict[str, Any]:
+    """COCO ground truth ``gt`` restricted to the images read (``image_ids``); warns if any was not."""
+    if len(image_ids) >= len(gt["images"]):
+        return gt
+    logger.warning(
+        "%d of the %d images of %s could not be read; they are left out of the evaluation",
+        len(gt["images"]) - len(image_ids),
+        len(gt["images"]),
+        images_dir,
+    )
+    evaluated = set(image_ids)
+    return {
+        **gt,
+        "images": [image for image in gt["images"] if image["id"] in evaluated],
+        "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in evaluated],
+    }

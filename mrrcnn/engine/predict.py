@@ -59,8 +59,8 @@ def _check_size(model: torch.nn.Module, image: Tensor, path: Path) -> None:
     short = int(min(height, width) * scale)
     if short < MIN_RESIZED_SIDE:
         raise ValueError(
-            f"{path}: a {width}x{height} image would be resized to a shorter side of {short} px (model max_size "
-            f"{transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; crop or pad it"
+            f"{path}: a {width}x{height} image would be resized to a shorter side of {short} px (model "
+            f"max_size {transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; crop or pad it"
         )
 
 
@@ -79,10 +79,10 @@ def predict(
 
     Writes ``out_dir/<stem>.png``, each image with its detections drawn, and ``out_dir/predictions.json``,
     a COCO instances dict: ``images`` (ids 1..N in input order, ``file_name`` the path as found,
-    ``width``, ``height``), ``categories`` (the checkpoint's, else the ids found) and ``annotations``, the detections scoring
-    at least ``score_threshold``: ``id``, ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] pixels,
-    ``score``, ``segmentation`` (compressed RLE), ``area`` (mask pixels; box area for a model without
-    masks), ``iscrowd`` 0.
+    ``width``, ``height``), ``categories`` (the checkpoint's, else the ids found) and ``annotations``, the
+    detections scoring at least ``score_threshold``: ``id``, ``image_id``, ``category_id``, ``bbox``
+    [x, y, w, h] pixels, ``score``, ``segmentation`` (compressed RLE), ``area`` (mask pixels; box area for a
+    model without masks), ``iscrowd`` 0.
 
     Args:
         weights: an mrrcnn checkpoint.
@@ -128,15 +128,8 @@ def predict(
                 draw_predictions(image, output, categories, score_threshold, mask_threshold).save(
                     out_dir / f"{path.stem}.png"
                 )
-                keep = output["scores"] >= score_threshold
-                for record in to_coco_results(
-                    {image_id: {k: v[keep] for k, v in output.items()}}, mask_threshold
-                ):
-                    if "segmentation" in record:
-                        area = float(mask_util.area(record["segmentation"]))
-                    else:
-                        area = record["bbox"][2] * record["bbox"][3]
-                    annotations.append({"id": len(annotations) + 1, **record, "area": area, "iscrowd": 0})
+                kept = {key: value[output["scores"] >= score_threshold] for key, value in output.items()}
+                annotations.extend(_annotations(image_id, kept, mask_threshold, len(annotations) + 1))
                 images.append(
                     {
                         "id": image_id,
@@ -156,3 +149,20 @@ def predict(
     path.write_text(json.dumps(dataset))
     logger.info("%d detections on %d images -> %s", len(annotations), len(images), out_dir)
     return path
+
+
+def _annotations(
+    image_id: int, output: dict[str, Tensor], mask_threshold: float, first_id: int
+) -> list[dict[str, Any]]:
+    """COCO annotation records (ids from ``first_id``) of one image's detections ``output`` (on the CPU).
+
+    ``area`` is the mask's pixel count, or the box's area for a model without masks.
+    """
+    annotations = []
+    for record in to_coco_results({image_id: output}, mask_threshold):
+        if "segmentation" in record:
+            area = float(mask_util.area(record["segmentation"]))
+        else:
+            area = record["bbox"][2] * record["bbox"][3]
+        annotations.append({"id": first_id + len(annotations), **record, "area": area, "iscrowd": 0})
+    return annotations
