@@ -60,7 +60,8 @@ def _check_size(model: torch.nn.Module, image: Tensor, path: Path) -> None:
     if short < MIN_RESIZED_SIDE:
         raise ValueError(
             f"{path}: a {width}x{height} image would be resized to a shorter side of {short} px (model "
-            f"max_size {transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; crop or pad it"
+            f"max_size {transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; "
+            "crop or pad it"
         )
 
 
