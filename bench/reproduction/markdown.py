@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import machine
 
 from . import load, plots
 from .runs import ALPHAS, BENCHMARKS, DIAGNOSED, FIGURES, RUNS, Benchmark
@@ -81,6 +80,10 @@ class Loaded:
     def has(self, name: str) -> list[int]:
         """The seeds that have ``name``."""
         return [s for s, m in zip(self.seeds, self.metrics[name]) if m is not None]
+
+    def devices(self) -> set[str]:
+        """The machines its evaluations recorded (from seed 2 on: the earlier ones did not record it)."""
+        return {m["device"] for ms in self.metrics.values() for m in ms if m and "device" in m}
 
     def json(self, seed: int, name: str) -> Any:
         path = self.benchmark.results / f"seed{seed}" / name
@@ -599,15 +602,13 @@ def cost_section(data: Loaded) -> str:
     timings = [data.json(s, "train_seconds.json") or {} for s in data.seeds]
     minutes = {run: [t[run] / 60 for t in timings if run in t] for run in RUNS}
     evals = {run: [m["eval_seconds"] for m in data.metrics[run] if m] for run in RUNS}
-    devices = sorted({m["device"] for ms in data.metrics.values() for m in ms if m and "device" in m})
     return f"""## What it took
 
 Training minutes per run on this machine, mean over the seeds that trained it in one session or
 several (a training resumed after its session ended counts only the sessions that ran it):
 {", ".join(f"{RUNS[r][1]} {statistics.mean(v):.1f}" for r, v in minutes.items() if v)}.
 Seconds per evaluation of the val images: {", ".join(f"{RUNS[r][1]} {statistics.mean(v):.0f}" for r, v in evals.items() if v)}.
-Evaluations recorded their device from seed 2 on: {"; ".join(devices) or "-"}. The speed and memory of the
-refining module at COCO scale are in `docs/benchmarks/model.md`.
+The speed and memory of the refining module at COCO scale are in `docs/benchmarks/model.md`.
 """
 
 
@@ -621,8 +622,9 @@ def report(out: Path) -> None:
 
 Written by `python bench/reproduce.py` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) from the metrics in
 `bench/results/reproduce/` (seeds {", ".join(map(str, main.seeds))}) and `bench/results/reproduce_uniform/`
-(seeds {", ".join(map(str, hard.seeds)) or "none yet"}); nothing here is typed by hand. Machine: {machine()},
-torch {torch.__version__}. Every number is COCO AP in percent on the synthetic val set (mean ± standard
+(seeds {", ".join(map(str, hard.seeds)) or "none yet"}); nothing here is typed by hand. Machine, as the
+evaluations record it from seed 2 on: {"; ".join(sorted(main.devices() | hard.devices())) or "-"}; this
+report: torch {torch.__version__}. Every number is COCO AP in percent on the synthetic val set (mean ± standard
 deviation over the seeds that have it). The paper's numbers are R50-FPN on COCO val2017: a different data
 set and scale, put beside ours only to show which claim each row tests.
 
