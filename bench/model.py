@@ -85,6 +85,71 @@ def gflops(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def step_fns(models: dict, step, images, targets, amp: bool) -> dict:
+    """For each model, a no-argument call of ``step`` on the batch (with its own optimizer when training)."""
+    fns = {}
+    for name, model in models.items():
+        extra = ()
+        if step is training_step:
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=1e-4)
+            extra = (optimizer, torch.amp.GradScaler("cuda", enabled=amp))
+
+        def fn(step=step, model=model, extra=extra):
+            torch.manual_seed(0)  # same RoI sampling in both models
+            return step(model, images, targets, *extra, amp=amp)
+
+        fns[name] = fn
+    return fns
+
+
+def measure(device: str, precision: str, repeats: int) -> list[tuple]:
+    """The table's rows for one (device, precision): time, FLOPs and peak memory per task and model."""
+    models = make_models(device)
+    amp = precision == "amp"
+    tasks = {
+        "inference (1 image, 100 detections)": (inference, make_batch(device, 1, False)),
+        "training step (2 images)": (training_step, make_batch(device, 2, True)),
+    }
+    measured = {}
+    for task, (step, (images, targets)) in tasks.items():
+        fns = step_fns(models, step, images, targets, amp)
+        seconds = median_seconds_side_by_side(fns, device, repeats)
+        for name, fn in fns.items():
+            flops = gflops(fn)
+            detections = (
+                len(inference(models[name], images, targets)[0]["boxes"]) if step is inference else None
+            )
+            measured[task, name] = (fn, seconds[name], flops, detections)
+            print(
+                f"{device} {precision} {task} {name}: {seconds[name]:.2f} s, {flops:.0f} GFLOP",
+                file=sys.stderr,
+            )
+    # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
+    if device == "cpu":
+        track_allocations_exactly()
+    memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
+    rows = []
+    for (task, name), (_, seconds, flops, detections) in measured.items():
+        _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
+        base_memory = memory[task, "Mask R-CNN"]
+        rows.append(
+            (
+                f"{device} {precision}",
+                task,
+                name,
+                seconds,
+                seconds / base_seconds,
+                flops,
+                memory[task, name],
+                memory[task, name] / base_memory,
+                flops / base_flops,
+                detections,
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
@@ -96,63 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     devices = args.devices
-    rows = []
     # (device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
-    for device, precision in [
-        (d, p) for d in devices for p in (("fp32", "amp") if d == "cuda" else ("fp32",))
-    ]:
-        models = make_models(device)
-        amp = precision == "amp"
-        tasks = {
-            "inference (1 image, 100 detections)": (inference, make_batch(device, 1, False)),
-            "training step (2 images)": (training_step, make_batch(device, 2, True)),
-        }
-        measured = {}
-        for task, (step, (images, targets)) in tasks.items():
-            fns = {}
-            for name, model in models.items():
-                extra = ()
-                if step is training_step:
-                    params = [p for p in model.parameters() if p.requires_grad]
-                    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=1e-4)
-                    extra = (optimizer, torch.amp.GradScaler("cuda", enabled=amp))
-
-                def fn(step=step, model=model, images=images, targets=targets, extra=extra, amp=amp):
-                    torch.manual_seed(0)  # same RoI sampling in both models
-                    return step(model, images, targets, *extra, amp=amp)
-
-                fns[name] = fn
-            seconds = median_seconds_side_by_side(fns, device, args.repeats)
-            for name, fn in fns.items():
-                flops = gflops(fn)
-                detections = (
-                    len(inference(models[name], *tasks[task][1])[0]["boxes"]) if step is inference else None
-                )
-                measured[task, name] = (fn, seconds[name], flops, detections)
-                print(
-                    f"{device} {precision} {task} {name}: {seconds[name]:.2f} s, {flops:.0f} GFLOP",
-                    file=sys.stderr,
-                )
-        # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
-        if device == "cpu":
-            track_allocations_exactly()
-        memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
-        for (task, name), (_, seconds, flops, detections) in measured.items():
-            _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
-            rows.append(
-                (
-                    f"{device} {precision}",
-                    task,
-                    name,
-                    seconds,
-                    seconds / base_seconds,
-                    flops,
-                    memory[task, name],
-                    memory[task, name] / memory[task, "Mask R-CNN"],
-                    flops / base_flops,
-                    detections,
-                )
-            )
+    rows = [
+        row
+        for device in devices
+        for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
+        for row in measure(device, precision, args.repeats)
+    ]
 
     table = (
         "| device, precision | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
