@@ -9,9 +9,9 @@ Per seed: a Mask R-CNN (``synthetic/maskrcnn_small``) trains from scratch; from 
 the same number of iterations and with the same recipe, runs fine-tune: the Mask R-CNN itself (the
 equal-compute control the paper lacks), the refining module without SARA, MR R-CNN, and SARA fed
 ground-truth masks (the oracles of the SARA study: the instance's own mask, and 1 minus the others'); with
-``--runs all`` also classification-only and regression-only refinement (Table 4). Every run is evaluated on val (COCO AP overall and on huddled /
-isolated instances), MR R-CNN also at every alpha of Table 5 without retraining, and the oracle with
-degraded masks (``bench/reproduction/sara.py``).
+``--runs all`` also classification-only and regression-only refinement (Table 4). Every run is evaluated
+on val (COCO AP overall and on huddled / isolated instances), MR R-CNN also at every alpha of Table 5
+without retraining, and the oracle with degraded masks (``bench/reproduction/sara.py``).
 
 Resumable at every step (``bench/reproduction/runs.py``); checkpoints and data live under ``--work``,
 metrics under ``bench/results/`` (committed), from which the report writes ``docs/RESULTS.md`` and its

@@ -149,9 +149,11 @@ def run_sara_study(weights: dict[str, Path], results: Path, work: Path) -> None:
     quality = cache(partial(degradation_quality, dataset))
     steps = [(family, level) for family, levels in DEGRADATIONS.items() for level in levels]
     for run, folder in QUALITY_FOLDERS.items():
+        if run not in weights:
+            continue
         for family, level in steps:
             out = results / folder / f"{family}{level}.json"
-            if run not in weights or out.is_file():
+            if out.is_file():
                 continue
             hurt = partial(degrade_target, family=family, level=level)
             metrics = evaluate(weights[run], out, work, oracle_masks=hurt)

@@ -129,7 +129,8 @@ def predict(
                 draw_predictions(image, output, categories, score_threshold, mask_threshold).save(
                     out_dir / f"{path.stem}.png"
                 )
-                kept = {key: value[output["scores"] >= score_threshold] for key, value in output.items()}
+                keep = output["scores"] >= score_threshold
+                kept = {key: value[keep] for key, value in output.items()}
                 annotations.extend(_annotations(image_id, kept, mask_threshold, len(annotations) + 1))
                 images.append(
                     {
