@@ -24,8 +24,8 @@ import torch
 import torchvision
 from common import header, machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
 
-from mrrcnn.ops import roi_align, shape_aware_roi_align
-from mrrcnn.ops.shape_aware_roi_align import shape_aware_roi_align_embedding_bag
+from mrrcnn.ops import gather, roi_align, shape_aware_roi_align
+from mrrcnn.ops.geometry import geometry_dtype, roi_geometry
 
 SIZES = {
     # name: (boxes, batch, channels, map height, map width, spatial scale, sampling ratio)
@@ -76,9 +76,22 @@ def run_once(impl: str, mode: str, features, rois, masks, grad, scale, sampling_
     elif impl == "ours shape-aware":
         out = shape_aware_roi_align(f, rois, m, OUTPUT_SIZE, scale, sampling_ratio)
     else:
-        out = shape_aware_roi_align_embedding_bag(f, rois, m, OUTPUT_SIZE, scale, sampling_ratio)
+        return gather_path(f, rois, m, grad if backward else None, scale, sampling_ratio)
     if backward:
         out.backward(grad)
+    return out
+
+
+def gather_path(f, rois, m, grad, scale, sampling_ratio):
+    """The operator's gather kernels called directly (CUDA's fallback): forward and, given ``grad``, both
+    gradients, as autograd would call them."""
+    geometry = roi_geometry(
+        rois, f.shape[0], OUTPUT_SIZE, scale, sampling_ratio, False, geometry_dtype(f.dtype)
+    )
+    out = gather.forward(f, geometry, m, OUTPUT_SIZE, sampling_ratio)
+    if grad is not None:
+        gather.backward_input(grad, geometry, m, tuple(f.shape), sampling_ratio)
+        gather.backward_masks(grad, f, geometry, m, sampling_ratio)
     return out
 
 

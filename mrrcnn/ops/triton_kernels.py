@@ -4,10 +4,10 @@ Same semantics as :func:`mrrcnn.ops.shape_aware_roi_align` (torchvision's RoIAli
 rule, the mask read bilinearly on the RoI's sample grid with ``align_corners=False``, eq. 4's mean over all
 ``N`` samples), computed without materialising any per-sample table:
 
-- One program per (RoI, block of ``BLOCK_BINS`` output bins) x block of ``BLOCK_C`` channels. The RoI's
-  geometry, its sampling grid ``(gh, gw)`` (fixed, or ``ceil(roi / bins)`` per RoI) and the validity of its
-  batch index are worked out in the program: RoIs of different grids share one launch, and nothing is
-  read back to the host.
+- One program per (RoI, block of ``BLOCK_BINS`` output bins) x block of ``BLOCK_C`` channels. The program
+  reads its RoI's row of the sampling geometry (:func:`mrrcnn.ops.geometry.roi_geometry`: corner, bin
+  size, sampling grid, validity of its batch index), so RoIs of different grids share one launch and
+  nothing is read back to the host.
 - Each sample's bilinear taps, weights and mask probability are computed once per bin and reused by the
   whole channel block, which gathers ``[bins, channels]`` tiles: contiguous rows of channels for
   channels-last features (coalesced, vectorised loads), rows of bins for any other layout (read through
@@ -16,22 +16,24 @@ rule, the mask read bilinearly on the RoI's sample grid with ``align_corners=Fal
 - Backward recomputes the samples. The feature gradient is scattered with atomic adds into a float32
   (float64) buffer; the mask gradient ``sum_c grad_out * f_c(sample) / N`` is reduced over the channel
   block and scattered onto the four mask pixels of each sample with atomic adds. Atomics make the
-  backward nondeterministic in the last bits; it alerts under ``torch.use_deterministic_algorithms``.
+  backward nondeterministic in the last bits.
+
+The launchers (:func:`forward`, :func:`backward`) take validated arguments
+and do no autograd: they are the CUDA kernels of the registered operator (:mod:`mrrcnn.ops.library`).
+They run on CPU tensors too, under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+check them without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .shape_aware_roi_align import BoxesLike, validate_arguments
-
-__all__ = ["shape_aware_roi_align_rois", "shape_aware_roi_align_triton"]
+__all__ = ["backward", "forward", "unusable_reason"]
 
 # Elements of a program's [bins, channels] tile (see _launch_config); untuned on hardware so far.
 _FORWARD_TILE = 1024
@@ -58,57 +60,29 @@ def _tile(bin_block, c_block, BLOCK_BINS: tl.constexpr, BLOCK_C: tl.constexpr, C
 
 
 @triton.jit
-def _roi(
-    rois_ptr,
-    k,
-    batch,
-    spatial_scale,
-    OH: tl.constexpr,
-    OW: tl.constexpr,
-    SAMPLING: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    DTYPE: tl.constexpr,
-):
-    """RoI ``k``'s image, first sample corner, bin size and sampling grid, in torchvision's operation order,
-    and ``norm``: the 1/N of eq. 4, or 0 when the batch index is not an integer in ``0..batch-1``.
+def _roi(geometry_ptr, k, SAMPLING: tl.constexpr, DTYPE: tl.constexpr):
+    """RoI ``k``'s row of the sampling geometry: its image, first sample corner, bin size and sampling grid,
+    and ``norm``, the 1/N of eq. 4 (0 for an invalid RoI, which pools zeros).
 
-    A fixed grid stays a compile-time constant, so that its loops can be unrolled. A non-finite adaptive
-    grid is empty, as on the CPU path.
+    A fixed grid stays a compile-time constant, so that its loops can be unrolled. The columns are those of
+    :func:`mrrcnn.ops.geometry.roi_geometry`.
     """
-    row = rois_ptr + k * 5
-    index = tl.load(row).to(DTYPE)
-    x1 = tl.load(row + 1).to(DTYPE) * spatial_scale
-    y1 = tl.load(row + 2).to(DTYPE) * spatial_scale
-    x2 = tl.load(row + 3).to(DTYPE) * spatial_scale
-    y2 = tl.load(row + 4).to(DTYPE) * spatial_scale
-    if ALIGNED:
-        x1 -= 0.5
-        y1 -= 0.5
-        x2 -= 0.5
-        y2 -= 0.5
-    roi_w = x2 - x1
-    roi_h = y2 - y1
-    if not ALIGNED:
-        roi_w = tl.maximum(roi_w, 1.0)
-        roi_h = tl.maximum(roi_h, 1.0)
-    valid = (index >= 0) & (index < batch) & (index == tl.floor(index))
+    row = geometry_ptr + k.to(tl.int64) * 8
+    image = tl.load(row).to(tl.int64)
+    y1 = tl.load(row + 1).to(DTYPE)
+    x1 = tl.load(row + 2).to(DTYPE)
+    bin_h = tl.load(row + 3).to(DTYPE)
+    bin_w = tl.load(row + 4).to(DTYPE)
+    valid = tl.load(row + 7).to(DTYPE)
     if SAMPLING > 0:
         gh = SAMPLING
         gw = SAMPLING
-        norm = valid.to(DTYPE) / (SAMPLING * SAMPLING)
+        norm = valid / (SAMPLING * SAMPLING)
     else:
-        gh = tl.where(valid, _adaptive_grid(roi_h / OH), 0)
-        gw = tl.where(valid, _adaptive_grid(roi_w / OW), 0)
-        norm = valid.to(DTYPE) / tl.maximum(gh * gw, 1)
-    image = tl.where(valid, index, 0).to(tl.int64)
-    return image, y1, x1, roi_h / OH, roi_w / OW, gh, gw, norm
-
-
-@triton.jit
-def _adaptive_grid(bin_size):
-    """``ceil(bin_size)`` samples, 0 for NaN, infinite or non-positive sizes (no undefined conversion)."""
-    grid = tl.ceil(bin_size)
-    return tl.where((grid > 0) & (grid < 2147483647.0), grid, 0.0).to(tl.int32)
+        gh = tl.load(row + 5).to(tl.int32)
+        gw = tl.load(row + 6).to(tl.int32)
+        norm = valid / tl.maximum(gh * gw, 1)
+    return image, y1, x1, bin_h, bin_w, gh, gw, norm
 
 
 @triton.jit
@@ -198,12 +172,11 @@ def _atomic_add(ptr, value, ok):
 
 @triton.jit
 def _forward_kernel(
-    input_ptr, rois_ptr, masks_ptr, out_ptr,
-    batch, channels, height, width, s_in_b, s_in_c, s_in_h, s_in_w,
+    input_ptr, geometry_ptr, masks_ptr, out_ptr,
+    channels, height, width, s_in_b, s_in_c, s_in_h, s_in_w,
     mask_h, mask_w, s_m_k, s_m_h, s_m_w,
     s_out_k, s_out_c, s_out_h, s_out_w,
-    spatial_scale,
-    OH: tl.constexpr, OW: tl.constexpr, SAMPLING: tl.constexpr, ALIGNED: tl.constexpr,
+    OH: tl.constexpr, OW: tl.constexpr, SAMPLING: tl.constexpr,
     HAS_MASK: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     BLOCK_BINS: tl.constexpr, BLOCK_C: tl.constexpr, DTYPE: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
@@ -213,9 +186,7 @@ def _forward_kernel(
     ph = bins // OW
     pw = bins % OW
     ok = (bins < OH * OW) & (chans < channels)
-    image, y1, x1, bin_h, bin_w, gh, gw, norm = _roi(
-        rois_ptr, k, batch, spatial_scale, OH, OW, SAMPLING, ALIGNED, DTYPE
-    )
+    image, y1, x1, bin_h, bin_w, gh, gw, norm = _roi(geometry_ptr, k, SAMPLING, DTYPE)
     features = input_ptr + image * s_in_b
     in_strides = (s_in_h, s_in_w, s_in_c)
     mask = masks_ptr + k.to(tl.int64) * s_m_k
@@ -243,13 +214,12 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    grad_out_ptr, input_ptr, rois_ptr, masks_ptr, grad_input_ptr, grad_masks_ptr,
-    batch, channels, height, width, s_in_b, s_in_c, s_in_h, s_in_w,
+    grad_out_ptr, input_ptr, geometry_ptr, masks_ptr, grad_input_ptr, grad_masks_ptr,
+    channels, height, width, s_in_b, s_in_c, s_in_h, s_in_w,
     s_gi_b, s_gi_c, s_gi_h, s_gi_w,
     mask_h, mask_w, s_m_k, s_m_h, s_m_w,
     s_go_k, s_go_c, s_go_h, s_go_w,
-    spatial_scale,
-    OH: tl.constexpr, OW: tl.constexpr, SAMPLING: tl.constexpr, ALIGNED: tl.constexpr,
+    OH: tl.constexpr, OW: tl.constexpr, SAMPLING: tl.constexpr,
     HAS_MASK: tl.constexpr, FEATURE_GRAD: tl.constexpr, MASK_GRAD: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     GRAD_UNIT_C: tl.constexpr,
     BLOCK_BINS: tl.constexpr, BLOCK_C: tl.constexpr, DTYPE: tl.constexpr,
@@ -262,11 +232,9 @@ def _backward_kernel(
     pw = bins % OW
     bin_ok = bins < OH * OW
     ok = bin_ok & (chans < channels)
-    image, y1, x1, bin_h, bin_w, gh, gw, norm = _roi(
-        rois_ptr, k, batch, spatial_scale, OH, OW, SAMPLING, ALIGNED, DTYPE
-    )
+    image, y1, x1, bin_h, bin_w, gh, gw, norm = _roi(geometry_ptr, k, SAMPLING, DTYPE)
     go_offset = k.to(tl.int64) * s_go_k + _offset(ph, pw, chans, s_go_h, s_go_w, s_go_c, GRAD_UNIT_C)
-    # The 1/N of eq. 4 folded into the incoming gradient once; 0 for a bad batch index: no atomics then.
+    # The 1/N of eq. 4 folded into the incoming gradient once; 0 for an invalid RoI: no atomics then.
     grad = tl.load(grad_out_ptr + go_offset, mask=ok, other=0.0).to(DTYPE) * norm
     features = input_ptr + image * s_in_b
     in_strides = (s_in_h, s_in_w, s_in_c)
@@ -313,18 +281,14 @@ def _channels_last(input: Tensor) -> bool:
     return input.shape[1] > 1 and input.stride(1) == 1
 
 
-def _compute_dtype(input: Tensor) -> tuple[torch.dtype, tl.dtype]:
-    return (torch.float64, tl.float64) if input.dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _device_of(input: Tensor) -> contextlib.AbstractContextManager:
     """Launch on ``input``'s GPU, not the current one (nothing to do for the interpreter's CPU tensors)."""
     return torch.cuda.device(input.device) if input.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _map_arguments(input: Tensor) -> list[int]:
-    """``batch, channels, height, width`` and the four strides of ``input``."""
-    return [*input.shape, *input.stride()]
+    """``channels, height, width`` and the four strides of ``input``."""
+    return [*input.shape[1:], *input.stride()]
 
 
 def _mask_arguments(masks: Tensor | None, stand_in: Tensor) -> tuple[Tensor, list[int]]:
@@ -334,91 +298,108 @@ def _mask_arguments(masks: Tensor | None, stand_in: Tensor) -> tuple[Tensor, lis
     return masks, [*masks.shape[1:], *masks.stride()]
 
 
-class _ShapeAwareRoIAlign(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx,
-        input: Tensor,
-        rois: Tensor,
-        masks: Tensor | None,
-        output_size: tuple[int, int],
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-    ) -> Tensor:
-        oh, ow = output_size
-        k, channels = rois.shape[0], input.shape[1]
-        channels_last = _channels_last(input)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty(
-            (k, channels, oh, ow), dtype=input.dtype, device=input.device, memory_format=memory_format
-        )
-        ctx.save_for_backward(input, rois, masks)
-        ctx.config = (output_size, spatial_scale, sampling_ratio, aligned)
-        if out.numel() == 0:
-            return out
-        block_bins, block_c = _launch_config(oh * ow, channels, _FORWARD_TILE)
-        unroll = _UNROLLED_SAMPLING if channels_last and sampling_ratio == _UNROLLED_SAMPLING else 1
-        grid = (k * triton.cdiv(oh * ow, block_bins), triton.cdiv(channels, block_c))
-        mask_tensor, mask_sizes = _mask_arguments(masks, rois)
-        with _device_of(input):
-            _forward_kernel[grid](
-                input, rois, mask_tensor, out,
-                *_map_arguments(input), *mask_sizes, *out.stride(), spatial_scale,
-                OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned, HAS_MASK=masks is not None,
-                CHANNELS_LAST=channels_last, BLOCK_BINS=block_bins, BLOCK_C=block_c,
-                DTYPE=_compute_dtype(input)[1], UNROLL=unroll, num_warps=4,
-            )  # fmt: skip
+def _grid(k: int, oh: int, ow: int, channels: int, tile: int) -> tuple[tuple[int, int], int, int]:
+    """The launch grid, ``BLOCK_BINS`` and ``BLOCK_C`` for ``k`` RoIs of ``oh x ow`` bins."""
+    block_bins, block_c = _launch_config(oh * ow, channels, tile)
+    return (k * triton.cdiv(oh * ow, block_bins), triton.cdiv(channels, block_c)), block_bins, block_c
+
+
+def forward(
+    input: Tensor, geometry: Tensor, masks: Tensor | None, output_size: tuple[int, int], sampling_ratio: int
+) -> Tensor:
+    """Shape-aware RoIAlign of ``input: Tensor[B, C, H, W]`` (any strides) at ``geometry: Tensor[K, 8]`` in
+    :func:`mrrcnn.ops.geometry.geometry_dtype` of the input, weighted by ``masks: Tensor[K, Hp, Wp]`` (None:
+    plain RoIAlign). Returns ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, channels-last when ``input`` is
+    (its channel stride is 1), contiguous otherwise. No host synchronisation."""
+    (oh, ow), k, channels = output_size, geometry.shape[0], input.shape[1]
+    channels_last = _channels_last(input)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(
+        (k, channels, oh, ow), dtype=input.dtype, device=input.device, memory_format=memory_format
+    )
+    if out.numel() == 0:
         return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        input, rois, masks = ctx.saved_tensors
-        (oh, ow), spatial_scale, sampling_ratio, aligned = ctx.config
-        feature_grad, mask_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        _alert_not_deterministic("shape_aware_roi_align_backward (Triton kernel, atomic adds)")
-        dtype, tl_dtype = _compute_dtype(input)
-        channels_last = _channels_last(input)
-        # Channels-last like the input whenever the kernel writes it with unit channel stride.
-        layout = torch.channels_last if channels_last else torch.preserve_format
-        grad_input = torch.zeros_like(input, dtype=dtype, memory_format=layout) if feature_grad else None
-        grad_masks = torch.zeros(masks.shape, dtype=dtype, device=masks.device) if mask_grad else None
-        k, channels = rois.shape[0], input.shape[1]
-        if grad_out.numel() and (feature_grad or mask_grad):
-            block_bins, block_c = _launch_config(oh * ow, channels, _BACKWARD_TILE)
-            grid = (k * triton.cdiv(oh * ow, block_bins), triton.cdiv(channels, block_c))
-            mask_tensor, mask_sizes = _mask_arguments(masks, rois)
-            # Unused pointers still need a tensor: the input stands in, never written.
-            gi = grad_input if feature_grad else input
-            with _device_of(input):
-                _backward_kernel[grid](
-                    grad_out, input, rois, mask_tensor, gi, grad_masks if mask_grad else input,
-                    *_map_arguments(input), *gi.stride(), *mask_sizes, *grad_out.stride(), spatial_scale,
-                    OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned,
-                    HAS_MASK=masks is not None, FEATURE_GRAD=feature_grad, MASK_GRAD=mask_grad,
-                    CHANNELS_LAST=channels_last, GRAD_UNIT_C=channels_last and grad_out.stride(1) == 1,
-                    BLOCK_BINS=block_bins, BLOCK_C=block_c, DTYPE=tl_dtype, num_warps=4,
-                )  # fmt: skip
-        if grad_input is not None and grad_input.dtype != input.dtype:
-            grad_input = grad_input.to(input.dtype)
-        return grad_input, None, grad_masks, None, None, None, None
+    masks = None if masks is None else masks.to(geometry.dtype)
+    grid, block_bins, block_c = _grid(k, oh, ow, channels, _FORWARD_TILE)
+    unroll = _UNROLLED_SAMPLING if channels_last and sampling_ratio == _UNROLLED_SAMPLING else 1
+    mask_tensor, mask_sizes = _mask_arguments(masks, geometry)
+    with _device_of(input):
+        _forward_kernel[grid](
+            input, geometry, mask_tensor, out,
+            *_map_arguments(input), *mask_sizes, *out.stride(),
+            OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0), HAS_MASK=masks is not None,
+            CHANNELS_LAST=channels_last, BLOCK_BINS=block_bins, BLOCK_C=block_c,
+            DTYPE=_tl_dtype(geometry), UNROLL=unroll, num_warps=4,
+        )  # fmt: skip
+    return out
 
 
-def _alert_not_deterministic(caller: str) -> None:
-    """What PyTorch's own nondeterministic CUDA kernels do under ``torch.use_deterministic_algorithms``:
-    raise ``RuntimeError`` naming the operation, or warn with ``warn_only=True``."""
-    if not torch.are_deterministic_algorithms_enabled():
+def backward(
+    grad: Tensor,
+    input: Tensor | None,
+    geometry: Tensor,
+    masks: Tensor | None,
+    input_shape: tuple[int, int, int, int],
+    sampling_ratio: int,
+    input_grad: bool,
+    masks_grad: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of :func:`forward` for ``grad: Tensor[K, C, oh, ow]`` (any strides), in one launch:
+    for the features where ``input_grad`` (``Tensor[input_shape]``, channels-last like a channels-last
+    ``input``, in ``grad``'s dtype) and for ``masks`` where ``masks_grad`` (their dtype; it reads
+    ``input``), None where not asked for. Both are summed with atomic adds in float32 (float64)."""
+    masks_grad = masks_grad and masks is not None
+    masks_dtype = None if masks is None else masks.dtype
+    grad_input = grad_masks = None
+    if input_grad:
+        grad_input = torch.zeros(input_shape, dtype=geometry.dtype, device=grad.device)
+        if input is None or _channels_last(input):
+            grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+    if masks_grad:
+        grad_masks = torch.zeros(masks.shape, dtype=geometry.dtype, device=masks.device)
+        masks = masks.to(geometry.dtype)
+    # Where the features are not read (their own gradient only), the buffer stands in for them.
+    features = input if masks_grad else grad_input
+    if features is not None:
+        _launch_backward(grad, features, geometry, masks, sampling_ratio, grad_input, grad_masks)
+    return (
+        None if grad_input is None else grad_input.to(grad.dtype),
+        None if grad_masks is None else grad_masks.to(masks_dtype),
+    )
+
+
+def _launch_backward(
+    grad: Tensor,
+    input: Tensor,
+    geometry: Tensor,
+    masks: Tensor | None,
+    sampling_ratio: int,
+    grad_input: Tensor | None,
+    grad_masks: Tensor | None,
+) -> None:
+    """Add the gradients into ``grad_input`` (features' layout, channels-last when ``input`` is) and
+    ``grad_masks`` (contiguous), whichever is given; ``input`` is read only for the masks' gradient."""
+    k, channels, oh, ow = grad.shape
+    if grad.numel() == 0:
         return
-    message = f"{caller} does not have a deterministic implementation, but you set "
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message + "'torch.use_deterministic_algorithms(True, warn_only=True)'.", stacklevel=3)
-    else:
-        raise RuntimeError(
-            message + "'torch.use_deterministic_algorithms(True)'. Turn it off around this operation, use "
-            "'warn_only=True', or leave the masks without gradient so that CUDA takes the deterministic "
-            "embedding_bag path."
-        )
+    grid, block_bins, block_c = _grid(k, oh, ow, channels, _BACKWARD_TILE)
+    mask_tensor, mask_sizes = _mask_arguments(masks, geometry)
+    channels_last = _channels_last(input)
+    # Unused pointers still need a tensor: the input stands in, never written.
+    gi = input if grad_input is None else grad_input
+    with _device_of(input):
+        _backward_kernel[grid](
+            grad, input, geometry, mask_tensor, gi, input if grad_masks is None else grad_masks,
+            *_map_arguments(input), *gi.stride(), *mask_sizes, *grad.stride(),
+            OH=oh, OW=ow, SAMPLING=max(sampling_ratio, 0),
+            HAS_MASK=masks is not None, FEATURE_GRAD=grad_input is not None, MASK_GRAD=grad_masks is not None,
+            CHANNELS_LAST=channels_last, GRAD_UNIT_C=channels_last and grad.stride(1) == 1,
+            BLOCK_BINS=block_bins, BLOCK_C=block_c, DTYPE=_tl_dtype(geometry), num_warps=4,
+        )  # fmt: skip
+
+
+def _tl_dtype(geometry: Tensor) -> tl.dtype:
+    return tl.float64 if geometry.dtype == torch.float64 else tl.float32
 
 
 def unusable_reason(input: Tensor) -> str | None:
@@ -431,54 +412,3 @@ def unusable_reason(input: Tensor) -> str | None:
             f"one image of the features spans {max(largest, channels * height * width)} elements (over 2**31)"
         )
     return None
-
-
-def shape_aware_roi_align_rois(
-    input: Tensor,
-    rois: Tensor,
-    masks: Tensor | None,
-    output_size: tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    """The kernels on already validated arguments: ``rois: Tensor[K, 5]``, ``masks: Tensor[K, Hp, Wp]`` or
-    None, ``output_size: (oh, ow)``. Returns ``Tensor[K, C, oh, ow]`` in ``input``'s dtype, channels-last
-    when ``input`` is (its channel stride is 1), contiguous otherwise. No host synchronisation."""
-    dtype, _ = _compute_dtype(input)
-    if masks is not None:
-        masks = masks.to(dtype)
-    if dtype == torch.float64 and spatial_scale != 1.0:
-        # Triton passes Python floats as float32: scale the boxes here so float64 geometry stays float64.
-        rois = rois.to(dtype)
-        rois = torch.cat([rois[:, :1], rois[:, 1:] * spatial_scale], dim=1)
-        spatial_scale = 1.0
-    # A float, so that the kernels do not specialise on an int scale (an int 1 becomes a constant).
-    return _ShapeAwareRoIAlign.apply(
-        input, rois.contiguous(), masks, output_size, float(spatial_scale), sampling_ratio, aligned
-    )
-
-
-def shape_aware_roi_align_triton(
-    input: Tensor,
-    boxes: BoxesLike,
-    masks: Tensor | None,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-) -> Tensor:
-    """:func:`mrrcnn.ops.shape_aware_roi_align` through the Triton kernels, whatever the device.
-
-    Same arguments and result (``Tensor[K, C, oh, ow]`` in ``input``'s dtype, differentiable with respect to
-    ``input`` and ``masks``, not ``boxes``), except the memory format: channels-last when ``input`` is,
-    contiguous otherwise. CPU tensors run only under Triton's interpreter (``TRITON_INTERPRET=1``).
-    On CUDA, boxes' batch indices are not checked on the host (that would synchronise): a RoI whose index
-    is not an integer in ``0..B-1`` pools zeros. The backward uses atomic adds: under
-    ``torch.use_deterministic_algorithms(True)`` it raises (or warns, with ``warn_only=True``).
-    """
-    rois, masks, size = validate_arguments(input, boxes, masks, output_size, spatial_scale)
-    reason = unusable_reason(input)
-    if reason is not None:
-        raise ValueError(f"input: {reason}")
-    return shape_aware_roi_align_rois(input, rois, masks, size, spatial_scale, sampling_ratio, aligned)

@@ -3,10 +3,11 @@
 They run compiled on CUDA when a GPU is present, and on CPU tensors under Triton's interpreter. The
 interpreter is chosen by ``TRITON_INTERPRET=1`` when ``triton.language`` is imported, and then holds for the
 whole process, compiled kernels included; so the interpreter cases run in a subprocess of their own
-(``test_kernels_under_the_interpreter``), which runs this file again with the variable set.
+(``test_kernels_under_the_interpreter``), which runs this file again with the variable set. There the
+operators' CUDA kernels (Triton, with their routing) are registered as their CPU kernels, so that the
+public function runs the kernels on CPU tensors as it does on a GPU.
 """
 
-import importlib
 import itertools
 import os
 import subprocess
@@ -20,20 +21,28 @@ import torchvision
 
 pytest.importorskip("triton")
 
-from mrrcnn.ops import shape_aware_roi_align, triton_kernels
+from mrrcnn.ops import gather, library, shape_aware_roi_align, triton_kernels
+from mrrcnn.ops.geometry import geometry_dtype, roi_geometry
 from mrrcnn.ops.reference import shape_aware_roi_align_reference
-from mrrcnn.ops.shape_aware_roi_align import (
-    _deterministic_route,
-    _triton_kernels,
-    shape_aware_roi_align_embedding_bag,
-)
-from mrrcnn.ops.triton_kernels import shape_aware_roi_align_rois, shape_aware_roi_align_triton
 
 from .test_shape_aware_roi_align import EDGE_ROIS, random_case
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-# The module, which the package's function of the same name hides from attribute access.
-ops_module = importlib.import_module("mrrcnn.ops.shape_aware_roi_align")
+if INTERPRETER:
+    library.shape_aware_roi_align_op.register_kernel("cpu")(library._forward_cuda)
+    library.backward_op.register_kernel("cpu")(library._backward_cuda)
+
+
+def geometry(features, rois, output_size, scale, sampling_ratio, aligned=False):
+    return roi_geometry(
+        rois, features.shape[0], output_size, scale, sampling_ratio, aligned, geometry_dtype(features.dtype)
+    )
+
+
+def kernels_forward(features, rois, masks, output_size, scale, sampling_ratio, aligned=False):
+    """The forward kernel on ``features`` as they are laid out (the operator copies to channels-last)."""
+    g = geometry(features, rois, output_size, scale, sampling_ratio, aligned)
+    return triton_kernels.forward(features, g, masks, output_size, sampling_ratio)
 
 
 @pytest.fixture(params=["interpreter", "cuda"])
@@ -94,10 +103,11 @@ def test_kernels_under_the_interpreter():
 def test_forward_matches_reference(device, aligned, sampling_ratio, scale):
     features, rois, masks = random_case(seed=31 + sampling_ratio, num_boxes=4, scale=scale)
     expected = shape_aware_roi_align_reference(features, rois, masks, (2, 3), scale, sampling_ratio, aligned)
-    actual = shape_aware_roi_align_triton(
-        *to(device, features, rois, masks), (2, 3), scale, sampling_ratio, aligned
-    )
+    actual = shape_aware_roi_align(*to(device, features, rois, masks), (2, 3), scale, sampling_ratio, aligned)
     torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-12)
+    # The kernels read NCHW features through their strides too.
+    nchw = kernels_forward(*to(device, features, rois, masks), (2, 3), scale, sampling_ratio, aligned)
+    torch.testing.assert_close(nchw.cpu(), expected, rtol=0, atol=1e-12)
 
 
 def test_unit_sizes(device):
@@ -108,7 +118,7 @@ def test_unit_sizes(device):
     for mask_size in [(1, 1), (1, 4), (3, 1)]:
         masks = torch.rand(2, *mask_size, generator=g, dtype=torch.float64)
         expected = shape_aware_roi_align_reference(features, rois, masks, (2, 3), 0.5, -1, False)
-        actual = shape_aware_roi_align_triton(*to(device, features, rois, masks), (2, 3), 0.5, -1)
+        actual = kernels_forward(*to(device, features, rois, masks), (2, 3), 0.5, -1)
         torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-12)
 
 
@@ -128,25 +138,31 @@ def test_gradients_match_reference(device, layout, sampling_ratio, aligned):
         ours = wide[..., ::2]
     else:
         ours = features.to(device)
-    ours.requires_grad_()
-    ours_masks = masks.to(device).requires_grad_()
-    out = shape_aware_roi_align_triton(
-        ours, rois.to(device), ours_masks, (2, 3), 0.5, sampling_ratio, aligned
+    g = geometry(ours, rois.to(device), (2, 3), 0.5, sampling_ratio, aligned)
+    for grad_layout in (grad, grad.contiguous(memory_format=torch.channels_last)):
+        grad_input, grad_masks = triton_kernels.backward(
+            grad_layout.to(device), ours, g, masks.to(device), tuple(ours.shape), sampling_ratio, True, True
+        )
+        torch.testing.assert_close(grad_input.cpu(), f.grad, rtol=0, atol=1e-12)
+        torch.testing.assert_close(grad_masks.cpu(), m.grad, rtol=0, atol=1e-12)
+    # And through the operator, whose autograd calls the backward operator.
+    f2, m2 = ours.detach().requires_grad_(), masks.to(device).requires_grad_()
+    shape_aware_roi_align(f2, rois.to(device), m2, (2, 3), 0.5, sampling_ratio, aligned).backward(
+        grad.to(device)
     )
-    out.backward(grad.to(device))
-    torch.testing.assert_close(ours.grad.cpu(), f.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(ours_masks.grad.cpu(), m.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f2.grad.cpu(), f.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(m2.grad.cpu(), m.grad, rtol=0, atol=1e-12)
 
 
 def test_gradient_for_one_input_only(device):
     features, rois, masks = to(device, *random_case(seed=6, num_boxes=3))
     masks = masks.transpose(1, 2).contiguous().transpose(1, 2)  # read through its strides too
     both = features.clone().requires_grad_(), masks.clone().requires_grad_()
-    shape_aware_roi_align_triton(both[0], rois, both[1], (2, 3), 0.5, 2).sum().backward()
+    shape_aware_roi_align(both[0], rois, both[1], (2, 3), 0.5, 2).sum().backward()
     f = features.clone().requires_grad_()
-    shape_aware_roi_align_triton(f, rois, masks, (2, 3), 0.5, 2).sum().backward()
+    shape_aware_roi_align(f, rois, masks, (2, 3), 0.5, 2).sum().backward()
     m = masks.clone().requires_grad_()
-    shape_aware_roi_align_triton(features, rois, m, (2, 3), 0.5, 2).sum().backward()
+    shape_aware_roi_align(features, rois, m, (2, 3), 0.5, 2).sum().backward()
     torch.testing.assert_close(f.grad, both[0].grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(m.grad, both[1].grad, rtol=0, atol=1e-12)
 
@@ -157,7 +173,7 @@ def test_gradcheck_float64(device):
     features.requires_grad_()
     masks.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda f, m: shape_aware_roi_align_triton(f, rois, m, (2, 3), 0.5, -1, True),
+        lambda f, m: shape_aware_roi_align(f, rois, m, (2, 3), 0.5, -1, True),
         (features, masks),
         fast_mode=True,
         # On a GPU the backward's atomic adds sum in any order: the two runs gradcheck compares differ
@@ -170,9 +186,7 @@ def test_gradcheck_float64(device):
 def test_no_masks_equal_torchvision_roi_align(device, aligned, sampling_ratio):
     features, rois, _ = random_case(seed=7, num_boxes=6, size=(12, 14), dtype=torch.float32)
     expected = torchvision.ops.roi_align(features, rois, (3, 3), 0.5, sampling_ratio, aligned)
-    actual = shape_aware_roi_align_triton(
-        *to(device, features, rois), None, (3, 3), 0.5, sampling_ratio, aligned
-    )
+    actual = shape_aware_roi_align(*to(device, features, rois), None, (3, 3), 0.5, sampling_ratio, aligned)
     assert actual.dtype == torch.float32
     torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-6)
 
@@ -182,19 +196,19 @@ def test_list_of_boxes_equals_tensor_form(device):
     order = torch.argsort(rois[:, 0], stable=True)
     features, rois, masks = to(device, features, rois[order], masks[order])
     per_image = [rois[rois[:, 0] == i, 1:] for i in range(features.shape[0])]
-    from_list = shape_aware_roi_align_triton(features, per_image, masks, 2, 0.5, 2)
-    torch.testing.assert_close(from_list, shape_aware_roi_align_triton(features, rois, masks, 2, 0.5, 2))
+    from_list = shape_aware_roi_align(features, per_image, masks, 2, 0.5, 2)
+    torch.testing.assert_close(from_list, shape_aware_roi_align(features, rois, masks, 2, 0.5, 2))
 
 
 def test_no_boxes(device):
     features = torch.randn(2, 4, 8, 8, device=device, requires_grad=True)
     masks = torch.zeros(0, 3, 3, device=device, requires_grad=True)
-    out = shape_aware_roi_align_triton(features, torch.zeros(0, 5, device=device), masks, (7, 7), 1.0, -1)
+    out = shape_aware_roi_align(features, torch.zeros(0, 5, device=device), masks, (7, 7), 1.0, -1)
     assert out.shape == (0, 4, 7, 7)
     out.sum().backward()
     assert features.grad is not None and not features.grad.any()
     assert masks.grad is not None and masks.grad.shape == (0, 3, 3)
-    empty = shape_aware_roi_align_triton(features, [torch.zeros(0, 4, device=device)], None, 2)
+    empty = shape_aware_roi_align(features, [torch.zeros(0, 4, device=device)], None, 2)
     assert empty.shape == (0, 4, 2, 2)
 
 
@@ -204,9 +218,7 @@ def test_boxes_outside_zero_size_and_non_finite(device):
     rois = torch.tensor(EDGE_ROIS, dtype=torch.float64)
     masks = torch.rand(5, 4, 4, dtype=torch.float64)
     for aligned, sampling_ratio in [(False, -1), (True, 2)]:
-        out = shape_aware_roi_align_triton(
-            *to(device, features, rois, masks), (3, 3), 1.0, sampling_ratio, aligned
-        )
+        out = kernels_forward(*to(device, features, rois, masks), (3, 3), 1.0, sampling_ratio, aligned)
         expected = shape_aware_roi_align_reference(
             features, rois, masks, (3, 3), 1.0, sampling_ratio, aligned
         )
@@ -214,7 +226,7 @@ def test_boxes_outside_zero_size_and_non_finite(device):
         assert not out[:2].any()
     non_finite = torch.tensor([[0, float("nan"), 0.0, 3.0, 3.0], [0, 0.0, 0.0, float("inf"), 3.0]])
     for sampling_ratio in (-1, 2):
-        out = shape_aware_roi_align_triton(*to(device, features, non_finite), None, 2, 1.0, sampling_ratio)
+        out = kernels_forward(*to(device, features, non_finite), None, (2, 2), 1.0, sampling_ratio)
         assert not out.isnan().any()
 
 
@@ -225,7 +237,7 @@ def test_bad_batch_index_pools_zeros(device, index):
     rois = torch.tensor([[index, 0.0, 0.0, 4.0, 4.0], [1.0, 0.0, 0.0, 4.0, 4.0]], device=device)
     for sampling_ratio in (-1, 2):
         features.grad = None
-        out = shape_aware_roi_align_rois(features, rois, None, (2, 2), 1.0, sampling_ratio, False)
+        out = torch.ops.mrrcnn.shape_aware_roi_align(features, rois, None, 2, 2, 1.0, sampling_ratio, False)
         assert not out[0].any() and out[1].any()
         out.sum().backward()
         torch.testing.assert_close(features.grad[0], torch.zeros_like(features.grad[0]))
@@ -234,9 +246,13 @@ def test_bad_batch_index_pools_zeros(device, index):
 def test_output_layout_follows_input(device):
     features, rois, masks = to(device, *random_case(seed=2, channels=4, dtype=torch.float32))
     channels_last = features.contiguous(memory_format=torch.channels_last)
-    out = shape_aware_roi_align_triton(channels_last, rois, masks, 2, 0.5, 2)
+    out = kernels_forward(channels_last, rois, masks, (2, 2), 0.5, 2)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert shape_aware_roi_align_triton(features, rois, masks, 2, 0.5, 2).is_contiguous()
+    assert kernels_forward(features, rois, masks, (2, 2), 0.5, 2).is_contiguous()
+    # The operator always gives channels-last, as its fake kernel says.
+    assert shape_aware_roi_align(features, rois, masks, 2, 0.5, 2).is_contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -246,7 +262,7 @@ def test_half_precision_against_float32(device, dtype):
     for run_dtype in (torch.float32, dtype):
         f = features.to(device, run_dtype).detach().requires_grad_()
         m = masks.to(device, run_dtype).detach().requires_grad_()
-        out = shape_aware_roi_align_triton(f, rois.to(device), m, 2, 0.5, 2)
+        out = shape_aware_roi_align(f, rois.to(device), m, 2, 0.5, 2)
         assert out.dtype == run_dtype
         out.float().sum().backward()
         assert f.grad.dtype == run_dtype and m.grad.dtype == run_dtype
@@ -256,15 +272,24 @@ def test_half_precision_against_float32(device, dtype):
 
 
 @pytest.mark.usefixtures("deterministic")
-def test_backward_alerts_in_deterministic_mode(device):
-    features = torch.randn(1, 2, 6, 6, device=device, requires_grad=True)
-    rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device=device)
+def test_deterministic_mode(device):
+    # The features' gradient takes the gather (fixed summation order); the masks' has no deterministic
+    # route and alerts as PyTorch's own nondeterministic kernels do.
+    features, rois, masks = to(device, *random_case(seed=12, num_boxes=4, dtype=torch.float32))
     torch.use_deterministic_algorithms(True)
-    out = shape_aware_roi_align_triton(features, rois, None, 2, 1.0, 2)  # the forward is deterministic
+    f = features.clone().requires_grad_()
+    shape_aware_roi_align(f, rois, masks, 2, 0.5, 2).sum().backward()
+    g = geometry(features, rois, (2, 2), 0.5, 2)
+    expected, _ = gather.backward(
+        torch.ones(4, 3, 2, 2, device=device), None, g, masks, tuple(features.shape), 2, True, False
+    )
+    assert torch.equal(f.grad, expected)
+    m = masks.clone().requires_grad_()
+    out = shape_aware_roi_align(features, rois, m, 2, 0.5, 2)  # the forward is deterministic
     with pytest.raises(RuntimeError, match="shape_aware_roi_align_backward"):
         out.sum().backward()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    out = shape_aware_roi_align_triton(features, rois, None, 2, 1.0, 2)
+    out = shape_aware_roi_align(features, rois, m, 2, 0.5, 2)
     with pytest.warns(UserWarning, match="shape_aware_roi_align_backward"):
         out.sum().backward()
 
@@ -273,49 +298,31 @@ def test_backward_alerts_in_deterministic_mode(device):
 
 
 @pytest.mark.skipif(INTERPRETER, reason="host-side logic, tested in the parent process")
-@pytest.mark.usefixtures("deterministic")
-def test_deterministic_mode_routes_feature_only_gradients_to_embedding_bag():
-    features, masks = torch.randn(1, 2, 4, 4), torch.rand(1, 3, 3)
-    assert not _deterministic_route(features.requires_grad_(), masks)
-    torch.use_deterministic_algorithms(True)
-    assert _deterministic_route(features, masks)
-    assert _deterministic_route(features, None)
-    # The embedding_bag path's mask gradient is nondeterministic on CUDA too: the kernels' alert decides.
-    assert not _deterministic_route(features, masks.requires_grad_())
-    with torch.no_grad():
-        assert not _deterministic_route(features, None)
-
-
-@pytest.mark.skipif(INTERPRETER, reason="host-side logic, tested in the parent process")
 def test_missing_triton_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setitem(sys.modules, "mrrcnn.ops.triton_kernels", None)  # makes the import fail
     monkeypatch.delattr(sys.modules["mrrcnn.ops"], "triton_kernels", raising=False)
-    monkeypatch.setattr(ops_module, "_fallback_warned", False)
+    monkeypatch.setattr(library, "_fallback_warned", False)
     features = torch.randn(1, 2, 4, 4)
     with pytest.warns(RuntimeWarning, match="Triton cannot be imported"):
-        assert _triton_kernels(features) is None
+        assert library.triton_kernels(features) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _triton_kernels(features) is None
+        assert library.triton_kernels(features) is None
 
 
 @pytest.mark.skipif(INTERPRETER, reason="host-side logic, tested in the parent process")
 def test_unusable_reason_for_int32_offsets():
     assert triton_kernels.unusable_reason(torch.empty(4, 256, 200, 336, device="meta")) is None
     assert "2**31" in triton_kernels.unusable_reason(torch.empty(1, 2**12, 2**10, 2**9, device="meta"))
-    with pytest.raises(ValueError, match="input"):
-        shape_aware_roi_align_triton(
-            torch.empty(1, 2**12, 2**10, 2**9, device="meta"), [torch.zeros(0, 4)], None, 2
-        )
 
 
 @pytest.mark.skipif(INTERPRETER, reason="host-side logic, tested in the parent process")
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 def test_embedding_bag_path_pools_zeros_for_bad_batch_index(sampling_ratio):
-    # The CUDA fallback's behaviour for indices that nothing checked, exercised on the CPU.
+    # The CPU kernel's (and CUDA fallback's) behaviour for indices that nothing checked.
     features = torch.randn(2, 3, 6, 6, requires_grad=True)
     rois = torch.tensor([[2.0, 0, 0, 4, 4], [-1.0, 0, 0, 4, 4], [0.5, 0, 0, 4, 4], [1.0, 0, 0, 4, 4]])
-    out = ops_module._embedding_bag(features, rois, None, (2, 2), 1.0, sampling_ratio, False)
+    out = torch.ops.mrrcnn.shape_aware_roi_align(features, rois, None, 2, 2, 1.0, sampling_ratio, False)
     assert not out[:3].any()
     expected = torchvision.ops.roi_align(features, rois[3:], (2, 2), 1.0, sampling_ratio, False)
     torch.testing.assert_close(out[3:], expected)
@@ -328,13 +335,12 @@ def test_cuda_dispatch_uses_the_kernels_and_matches_embedding_bag():
     features, rois, masks = to(
         "cuda", *random_case(seed=21, num_boxes=30, size=(30, 40), dtype=torch.float32)
     )
-    assert _triton_kernels(features) is triton_kernels
+    assert library.triton_kernels(features) is triton_kernels
     assert not features.is_contiguous(memory_format=torch.channels_last)
     for sampling_ratio, aligned in [(2, False), (-1, True)]:
         ours = shape_aware_roi_align(features, rois, masks, 7, 0.5, sampling_ratio, aligned)
-        embedding_bag = shape_aware_roi_align_embedding_bag(
-            features, rois, masks, 7, 0.5, sampling_ratio, aligned
-        )
+        g = geometry(features, rois, (7, 7), 0.5, sampling_ratio, aligned)
+        embedding_bag = gather.forward(features, g, masks, (7, 7), sampling_ratio)
         # Float32 sums of up to 16 samples in another order.
         torch.testing.assert_close(ours, embedding_bag, rtol=1e-5, atol=1e-5)
         # NCHW features are pooled from a channels-last copy, the kernels' fast layout.
@@ -343,7 +349,7 @@ def test_cuda_dispatch_uses_the_kernels_and_matches_embedding_bag():
 
 @pytest.mark.skipif(INTERPRETER or not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_embedding_bag_fallback_handles_bfloat16(monkeypatch):
-    monkeypatch.setattr(ops_module, "_triton_kernels", lambda input: None)
+    monkeypatch.setattr(library, "triton_kernels", lambda input: None)
     features, rois, masks = random_case(seed=4, channels=8, dtype=torch.float32)
     expected = shape_aware_roi_align(features, rois, masks, 4, 0.5, 2)
     f = features.to("cuda", torch.bfloat16).requires_grad_()
