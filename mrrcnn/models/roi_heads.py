@@ -247,8 +247,8 @@ class MaskRefiningRoIHeads(RoIHeads):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Training: ``([], losses)`` (see :meth:`forward`)."""
         self.check_targets(targets)
-        losses, refining_input = self.stage1_loss(features, proposals, image_shapes, targets)
-        losses.update(self.refine_loss(features, refining_input, image_shapes, targets))
+        losses, boxes, classes = self.stage1_loss(features, proposals, image_shapes, targets)
+        losses.update(self.refine_loss(features, boxes, classes, image_shapes, targets))
         return [], losses
 
     def stage1_loss(
@@ -257,9 +257,10 @@ class MaskRefiningRoIHeads(RoIHeads):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
-    ) -> tuple[dict[str, Tensor], RefiningInput]:
-        """Stage 1 in training: torchvision's Mask R-CNN heads and their three losses, and the refining
-        module's input for every sampled RoI (its stage-1 box and mask of its (pseudo) class).
+    ) -> tuple[dict[str, Tensor], list[Tensor], Tensor]:
+        """Stage 1 in training: torchvision's Mask R-CNN heads and their three losses, and for every sampled
+        RoI the refining module's input: its stage-1 box (one ``Tensor[N_i, 4]`` per image) and its
+        (pseudo) class (``Int64Tensor[N]``).
 
         Stage 1's outputs are inputs of the refining module, not trained through: stage 1 keeps exactly
         Mask R-CNN's objective.
@@ -288,21 +289,23 @@ class MaskRefiningRoIHeads(RoIHeads):
         with torch.no_grad():
             classes = refining_classes(torch.cat(labels), class_logits)
             boxes = self._decode(box_regression, torch.cat(proposals), classes, image_shapes, counts)
-            mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
-        return losses, RefiningInput(boxes, classes, mask_features, probabilities)
+        return losses, boxes, classes
 
     def refine_loss(
         self,
         features: dict[str, Tensor],
-        refining_input: RefiningInput,
+        boxes: list[Tensor],
+        classes: Tensor,
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
-        """The refining module in training: targets re-assigned to stage 1's boxes, the refining box
-        head's losses (those its switches keep) and the refining mask head's loss on the refined boxes."""
-        boxes = refining_input.boxes
+        """The refining module in training on stage 1's boxes and classes (:meth:`stage1_loss`): targets
+        re-assigned to the boxes, the refining box head's losses (those its switches keep) and the refining
+        mask head's loss on the refined boxes."""
         matched, labels, regression_targets = self.assign_refining_targets(boxes, targets)
-        masks = self._sara_masks(refining_input, targets)
+        mask_features, masks = self._training_stage1_masks(
+            features, boxes, classes, labels, image_shapes, targets
+        )
         logits, deltas = self._refine_boxes(features, boxes, masks, image_shapes)
         loss_classifier, loss_box_reg = fastrcnn_loss(logits, deltas, labels, regression_targets)
         losses = {}
@@ -323,9 +326,7 @@ class MaskRefiningRoIHeads(RoIHeads):
             )
         else:
             refined = [b[lab > 0] for b, lab in zip(boxes, labels)]
-        mask_logits = self._refine_masks(
-            features, refined, refining_input.mask_features[positive], image_shapes
-        )
+        mask_logits = self._refine_masks(features, refined, mask_features, image_shapes)
         losses["loss_refine_mask"] = maskrcnn_loss(
             mask_logits,
             refined,
@@ -397,6 +398,28 @@ class MaskRefiningRoIHeads(RoIHeads):
         for result, masks_i in zip(results, masks.split([r["boxes"].shape[0] for r in results])):
             result["masks"] = masks_i
         return results
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def _training_stage1_masks(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        classes: Tensor,
+        labels: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[Tensor, Tensor | None]:
+        """Stage 1's mask head where the refining module reads it in training: eq. 6's features
+        ``Tensor[F, C, M/2, M/2]`` of the ``F`` foreground RoIs (``labels`` > 0), and the masks Shape-aware
+        RoIAlign weights every RoI by (None without SARA). Without SARA it runs on the foreground only."""
+        foreground = [lab > 0 for lab in labels]
+        if not self.shape_aware:
+            foreground_boxes = [b[f] for b, f in zip(boxes, foreground)]
+            return self.mask_head(self.mask_roi_pool(features, foreground_boxes, image_shapes)), None
+        mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
+        refining_input = RefiningInput(boxes, classes, mask_features, probabilities)
+        return mask_features[torch.cat(foreground)], self._sara_masks(refining_input, targets)
 
     def _sara_masks(
         self, refining_input: RefiningInput, targets: list[dict[str, Tensor]] | None
