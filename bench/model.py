@@ -1,14 +1,26 @@
-"""What the refining module costs: MR R-CNN against Mask R-CNN, R50-FPN, same weights, same images.
+"""What the refining module costs: MR R-CNN against Mask R-CNN, same weights, same images, two scales.
 
-    python bench/model.py           # prints the table and writes docs/benchmarks/model.md
+    python bench/model.py                   # prints the tables and writes docs/benchmarks/model.md
+    python bench/model.py --scales demo     # the demo's scale only (a quick check)
 
-Inference: one 800x1333 image, 100 detections (score threshold 0 so both models keep 100). Training:
-one SGD step (forward, backward, update) on two 800x1333 images with 7 instances each. Both models are
-randomly initialised from one seed (MR R-CNN loads the Mask R-CNN's weights and copies its heads into the
-refining module), so the arithmetic is that of real weights. Next to each time: the arithmetic both
-models do (FLOPs of matmuls and convolutions, by ``torch.utils.flop_counter``), whose ratio is the floor
-the refining heads' added work sets on the time ratio. CUDA rows, in float32 and under AMP, are added when
-a GPU is present (``--devices cuda`` for those alone).
+``r50``: R50-FPN, torchvision's default heads. Inference: one 800x1333 image, 100 detections (score
+threshold 0 so both models keep 100). Training: one SGD step (forward, backward, update) on two 800x1333
+images with 7 instances each. Both models are randomly initialised from one seed (MR R-CNN loads the Mask
+R-CNN's weights and copies its heads into the refining module), so the arithmetic is that of real weights.
+
+``demo``: where users first meet us, ``mrrcnn demo``'s models and data: the small models of
+``synthetic/maskrcnn_small_finetune`` and ``synthetic/mrrcnn_small`` fine-tuned from the demo's Mask R-CNN
+(600 iterations on its 240 synthetic 160-pixel images, trained once into ``bench/.cache/model_demo``), a
+training step on 4 of its images (its batch), inference on 8 (its evaluation batch). Trained weights
+matter here: how many RoIs the refining stage finds foreground, hence its work, depends on them. Timed
+under the allocator setting every ``mrrcnn`` command runs with (:mod:`mrrcnn.engine.allocator`), and the
+training step also under glibc's defaults, measured first (the setting is process-wide); then a profile
+of each model's training step, its top operators.
+
+Next to each time: the arithmetic both models do (FLOPs of matmuls and convolutions, by
+``torch.utils.flop_counter``), whose ratio is the floor the refining heads' added work sets on the time
+ratio. CUDA rows, in float32 and under AMP, are added when a GPU is present (``--devices cuda`` for those
+alone).
 """
 
 from __future__ import annotations
@@ -27,14 +39,24 @@ from common import (
     track_allocations_exactly,
     write_report,
 )
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from mrrcnn.models import maskrcnn_resnet50_fpn, mrrcnn_resnet50_fpn
+from mrrcnn.config import load_config
+from mrrcnn.data import CocoDetection, make_synthetic
+from mrrcnn.engine.allocator import keep_freed_memory
+from mrrcnn.engine.train import train
+from mrrcnn.models import build_model, maskrcnn_resnet50_fpn, mrrcnn_resnet50_fpn
 
+ROOT = Path(__file__).resolve().parents[1]
 IMAGE = (800, 1333)
+DEMO_CACHE = ROOT / "bench" / ".cache" / "model_demo"
+# The demo's defaults (mrrcnn.engine.demo.run_demo): data, stage 1's length and its learning-rate step.
+DEMO_DATA = {"num_train": 240, "num_val": 60, "seed": 0, "image_size": 160}
+DEMO_ITERATIONS, DEMO_MILESTONE = 600, 480
 
 
-def make_models(device: str):
+def r50_models(device: str) -> dict:
     torch.manual_seed(0)
     base = maskrcnn_resnet50_fpn(num_classes=91, box_score_thresh=0.0)
     refining = mrrcnn_resnet50_fpn(num_classes=91, box_score_thresh=0.0)
@@ -43,7 +65,7 @@ def make_models(device: str):
     return {"Mask R-CNN": base.to(device), "MR R-CNN": refining.to(device)}
 
 
-def make_batch(device: str, num_images: int, with_targets: bool):
+def r50_batch(device: str, num_images: int, with_targets: bool):
     g = torch.Generator().manual_seed(1)
     height, width = IMAGE
     images = [torch.rand(3, height, width, generator=g).to(device) for _ in range(num_images)]
@@ -59,6 +81,63 @@ def make_batch(device: str, num_images: int, with_targets: bool):
         labels = torch.randint(1, 91, (7,), generator=g)
         targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
     return images, targets
+
+
+def demo_base() -> tuple[Path, Path]:
+    """The demo's data and its Mask R-CNN (``final.pth``), made once under :data:`DEMO_CACHE`."""
+    data, base = DEMO_CACHE / "data", DEMO_CACHE / "maskrcnn" / "final.pth"
+    if not base.is_file():
+        splits = make_synthetic(data, **DEMO_DATA)
+        config = load_config("synthetic/maskrcnn_small", demo_overrides(data))
+        config["train"].update(
+            output_dir=str(base.parent), iterations=DEMO_ITERATIONS, milestones=[DEMO_MILESTONE], seed=0
+        )
+        print(
+            f"training the demo's Mask R-CNN once ({splits['train']['num_images']} images) -> {base}",
+            file=sys.stderr,
+        )
+        train(config, progress=False)
+    return data, base
+
+
+def demo_overrides(data: Path) -> list[str]:
+    return [
+        f"data.train.images={data / 'train'}",
+        f"data.train.annotations={data / 'annotations/train.json'}",
+        f"data.val.images={data / 'val'}",
+        f"data.val.annotations={data / 'annotations/val.json'}",
+    ]
+
+
+def demo_models(device: str) -> dict:
+    data, base = demo_base()
+    models = {}
+    for name, config in (("Mask R-CNN", "maskrcnn_small_finetune"), ("MR R-CNN", "mrrcnn_small")):
+        config = load_config(f"synthetic/{config}", [*demo_overrides(data), f"model.base_weights={base}"])
+        torch.manual_seed(0)
+        models[name] = build_model(**config["model"]).to(device)
+    return models
+
+
+def demo_batch(device: str, num_images: int, with_targets: bool):
+    data, _ = demo_base()
+    split = "train" if with_targets else "val"
+    dataset = CocoDetection(data / split, data / "annotations" / f"{split}.json")
+    samples = [dataset[i] for i in range(num_images)]
+    images = [image.to(device) for image, _ in samples]
+    if not with_targets:
+        return images, None
+    return images, [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+        for _, target in samples
+    ]
+
+
+# scale: (models, batch, (inference images, training images), title)
+SCALES = {
+    "r50": (r50_models, r50_batch, (1, 2), "R50-FPN, 800x1333 images"),
+    "demo": (demo_models, demo_batch, (8, 4), "the demo: small models, 160x160 synthetic images"),
+}
 
 
 def inference(model, images, targets, amp=False):
@@ -103,38 +182,52 @@ def step_fns(models: dict, step, images, targets, amp: bool) -> dict:
     return fns
 
 
-def measure(device: str, precision: str, repeats: int) -> list[tuple]:
-    """The table's rows for one (device, precision): time, FLOPs and peak memory per task and model."""
-    models = make_models(device)
-    amp = precision == "amp"
-    tasks = {
-        "inference (1 image, 100 detections)": (inference, make_batch(device, 1, False)),
-        "training step (2 images)": (training_step, make_batch(device, 2, True)),
+def tasks(scale: str, device: str) -> dict:
+    """The scale's tasks: ``name: (step function, (images, targets))``."""
+    _, batch, (inference_images, training_images), _ = SCALES[scale]
+    detections = ", 100 detections" if scale == "r50" else ""
+    return {
+        f"inference ({inference_images} image{'s' * (inference_images > 1)}{detections})": (
+            inference,
+            batch(device, inference_images, False),
+        ),
+        f"training step ({training_images} images)": (training_step, batch(device, training_images, True)),
     }
+
+
+def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple]:
+    """The table's rows for one (scale, device, precision): time, FLOPs and peak memory per task and model."""
+    models = SCALES[scale][0](device)
+    amp = precision == "amp"
     measured = {}
-    for task, (step, (images, targets)) in tasks.items():
+    for task, (step, (images, targets)) in tasks(scale, device).items():
         fns = step_fns(models, step, images, targets, amp)
         seconds = median_seconds_side_by_side(fns, device, repeats)
         for name, fn in fns.items():
             flops = gflops(fn)
             detections = (
-                len(inference(models[name], images, targets)[0]["boxes"]) if step is inference else None
+                len(inference(models[name], images, targets)[0]["boxes"])
+                if step is inference and scale == "r50"
+                else None
             )
             measured[task, name] = (fn, seconds[name], flops, detections)
             print(
-                f"{device} {precision} {task} {name}: {seconds[name]:.2f} s, {flops:.0f} GFLOP",
+                f"{scale} {device} {precision} {task} {name}: {seconds[name]:.3f} s, {flops:.1f} GFLOP",
                 file=sys.stderr,
             )
     # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
     if device == "cpu":
         track_allocations_exactly()
     memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
+    if device == "cpu":
+        keep_freed_memory()
     rows = []
     for (task, name), (_, seconds, flops, detections) in measured.items():
         _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
         base_memory = memory[task, "Mask R-CNN"]
         rows.append(
             (
+                scale,
                 f"{device} {precision}",
                 task,
                 name,
@@ -150,6 +243,36 @@ def measure(device: str, precision: str, repeats: int) -> list[tuple]:
     return rows
 
 
+def demo_training_steps(repeats: int) -> dict[str, float]:
+    """Both models' training step at the demo's scale on the CPU (median seconds), by model."""
+    models = demo_models("cpu")
+    images, targets = demo_batch("cpu", SCALES["demo"][2][1], True)
+    return median_seconds_side_by_side(
+        step_fns(models, training_step, images, targets, False), "cpu", repeats
+    )
+
+
+def profile_summary(top: int = 8) -> str:
+    """A markdown table per model: the top operators (self CPU time) of the demo's training step."""
+    models = demo_models("cpu")
+    images, targets = demo_batch("cpu", SCALES["demo"][2][1], True)
+    text, steps = "", 3
+    for name, fn in step_fns(models, training_step, images, targets, False).items():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                fn()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        text += f"\n{name}, {total / steps / 1e3:.0f} ms of operator time a step:\n\n| operator | calls a step | ms a step | share |\n|---|---:|---:|---:|\n"
+        text += "".join(
+            f"| `{e.key}` | {e.count / steps:.0f} | {e.self_cpu_time_total / steps / 1e3:.1f} | "
+            f"{e.self_cpu_time_total / total:.0%} |\n"
+            for e in events[:top]
+        )
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
@@ -158,41 +281,66 @@ def main(argv: list[str] | None = None) -> None:
     )
     available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     parser.add_argument("--devices", nargs="+", choices=available, default=available)
+    parser.add_argument("--scales", nargs="+", choices=list(SCALES), default=list(SCALES))
     args = parser.parse_args(argv)
 
-    devices = args.devices
-    # (device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
+    cpu_demo = "demo" in args.scales and "cpu" in args.devices
+    # First, while the process still has glibc's default allocator: the demo's step under it.
+    default_allocator = demo_training_steps(args.repeats) if cpu_demo else None
+    keep_freed_memory()
+    # (scale, device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
     rows = [
         row
-        for device in devices
+        for scale in args.scales
+        for device in args.devices
         for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
-        for row in measure(device, precision, args.repeats)
+        for row in measure(scale, device, precision, args.repeats)
     ]
-
     table = (
-        "| device, precision | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
+        "| scale | device, precision | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
         "peak extra MiB | memory vs Mask R-CNN | detections |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     ) + "".join(
-        f"| {d} | {task} | {name} | {s:.2f} | {r:.2f}x | {f:.0f} | {fr:.2f}x | {mem:.0f} | {mr:.2f}x | "
+        f"| {sc} | {d} | {task} | {name} | {s:.3f} | {r:.2f}x | {f:.1f} | {fr:.2f}x | {mem:.0f} | {mr:.2f}x | "
         f"{'' if det is None else det} |\n"
-        for d, task, name, s, r, f, mem, mr, fr, det in rows
+        for sc, d, task, name, s, r, f, mem, mr, fr, det in rows
     )
     text = (
         "# What the refining module costs\n\n"
         f"{header('model.py', argv, args.repeats)} torchvision {torchvision.__version__}; one warm-up run first.\n\n"
-        + "".join(f"- {d}: {machine(d)}\n" for d in devices)
-        + "\nR50-FPN, 800x1333 images, torchvision's default heads; MR R-CNN with the refining module of "
+        + "".join(f"- {d}: {machine(d)}\n" for d in args.devices)
+        + "\nScales: "
+        + "; ".join(f"`{name}`: {title}" for name, (*_, title) in SCALES.items() if name in args.scales)
+        + " (the script's docstring says how each is made). MR R-CNN with the refining module of "
         "docs/method.md. The two models are timed in turns (one run of each per round). `FLOP ratio` is MR "
         "R-CNN's FLOPs over Mask R-CNN's (matmuls and convolutions, forward and backward, by "
         "`torch.utils.flop_counter`): the floor the refining heads' added arithmetic would set on the time "
-        "ratio if every FLOP took the same time. The time ratio can fall below it: most of the added work is "
-        "the refining mask head's 3x3 convolutions over 14x14 RoI features, which run at a higher FLOP rate "
-        "than the backbone's convolutions over large maps. Peak extra memory: the peak above what was "
-        "allocated before the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under "
-        "`torch.autocast` (float16) with a gradient scaler, as `mrrcnn train` runs on CUDA.\n\n" + table
+        "ratio if every FLOP took the same time. Peak extra memory: the peak above what was allocated before "
+        "the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under `torch.autocast` "
+        "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA. CPU times are taken with the "
+        "allocator setting every `mrrcnn` command runs with (`mrrcnn/engine/allocator.py`: freed memory kept "
+        "for reuse instead of page-faulted in again).\n\n" + table
     )
-    print(table)
+    if default_allocator is not None:
+        keep = {
+            r[3]: r[4] for r in rows if r[0] == "demo" and r[1] == "cpu fp32" and r[2].startswith("training")
+        }
+        text += (
+            "\nThe demo's training step on the CPU under glibc's default allocator (measured first, in the same "
+            "process) against the setting above:\n\n| model | glibc default, s | freed memory kept, s | "
+            "speed-up |\n|---|---:|---:|---:|\n"
+            + "".join(
+                f"| {name} | {default_allocator[name]:.3f} | {keep[name]:.3f} | "
+                f"{default_allocator[name] / keep[name]:.2f}x |\n"
+                for name in default_allocator
+            )
+        )
+    if cpu_demo:
+        text += (
+            "\nWhere the demo's training step spends its time (CPU, `torch.profiler`, 3 steps):\n"
+            + profile_summary()
+        )
+    print(text)
     write_report(args.out, text)
 
 
