@@ -66,11 +66,8 @@ def median_seconds_side_by_side(
 
 def track_allocations_exactly() -> None:
     """Make glibc map (and unmap) every allocation of 64 KiB or more on its own, so that the resident set
-    follows tensors exactly (undoing :func:`mrrcnn.engine.allocator.keep_freed_memory`). It costs page
-    faults: call it after the timings, before :func:`peak_extra_mib`."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-4, 65536)  # M_MMAP_MAX: glibc's default
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    follows tensors exactly. It costs page faults: call it after the timings, before :func:`peak_extra_mib`."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _status_kib(field: str) -> int:

@@ -12,10 +12,8 @@ R-CNN's weights and copies its heads into the refining module), so the arithmeti
 ``synthetic/maskrcnn_small_finetune`` and ``synthetic/mrrcnn_small`` fine-tuned from the demo's Mask R-CNN
 (600 iterations on its 240 synthetic 160-pixel images, trained once into ``bench/.cache/model_demo``), a
 training step on 4 of its images (its batch), inference on 8 (its evaluation batch). Trained weights
-matter here: how many RoIs the refining stage finds foreground, hence its work, depends on them. Timed
-under the allocator setting every ``mrrcnn`` command runs with (:mod:`mrrcnn.engine.allocator`), and the
-training step also under glibc's defaults, measured first (the setting is process-wide); then a profile
-of each model's training step, its top operators.
+matter here: how many RoIs the refining stage finds foreground, hence its work, depends on them. Then a
+profile of each model's training step, its top operators.
 
 Next to each time: the arithmetic both models do (FLOPs of matmuls and convolutions, by
 ``torch.utils.flop_counter``), whose ratio is the floor the refining heads' added work sets on the time
@@ -44,7 +42,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mrrcnn.config import load_config
 from mrrcnn.data import CocoDetection, make_synthetic
-from mrrcnn.engine.allocator import keep_freed_memory
 from mrrcnn.engine.train import train
 from mrrcnn.models import build_model, maskrcnn_resnet50_fpn, mrrcnn_resnet50_fpn
 
@@ -219,8 +216,6 @@ def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple
     if device == "cpu":
         track_allocations_exactly()
     memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
-    if device == "cpu":
-        keep_freed_memory()
     rows = []
     for (task, name), (_, seconds, flops, detections) in measured.items():
         _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
@@ -241,15 +236,6 @@ def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple
             )
         )
     return rows
-
-
-def demo_training_steps(repeats: int) -> dict[str, float]:
-    """Both models' training step at the demo's scale on the CPU (median seconds), by model."""
-    models = demo_models("cpu")
-    images, targets = demo_batch("cpu", SCALES["demo"][2][1], True)
-    return median_seconds_side_by_side(
-        step_fns(models, training_step, images, targets, False), "cpu", repeats
-    )
 
 
 def profile_summary(top: int = 8) -> str:
@@ -285,9 +271,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cpu_demo = "demo" in args.scales and "cpu" in args.devices
-    # First, while the process still has glibc's default allocator: the demo's step under it.
-    default_allocator = demo_training_steps(args.repeats) if cpu_demo else None
-    keep_freed_memory()
     # (scale, device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
     rows = [
         row
@@ -317,24 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         "`torch.utils.flop_counter`): the floor the refining heads' added arithmetic would set on the time "
         "ratio if every FLOP took the same time. Peak extra memory: the peak above what was allocated before "
         "the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under `torch.autocast` "
-        "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA. CPU times are taken with the "
-        "allocator setting every `mrrcnn` command runs with (`mrrcnn/engine/allocator.py`: freed memory kept "
-        "for reuse instead of page-faulted in again).\n\n" + table
+        "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA.\n\n" + table
     )
-    if default_allocator is not None:
-        keep = {
-            r[3]: r[4] for r in rows if r[0] == "demo" and r[1] == "cpu fp32" and r[2].startswith("training")
-        }
-        text += (
-            "\nThe demo's training step on the CPU under glibc's default allocator (measured first, in the same "
-            "process) against the setting above:\n\n| model | glibc default, s | freed memory kept, s | "
-            "speed-up |\n|---|---:|---:|---:|\n"
-            + "".join(
-                f"| {name} | {default_allocator[name]:.3f} | {keep[name]:.3f} | "
-                f"{default_allocator[name] / keep[name]:.2f}x |\n"
-                for name in default_allocator
-            )
-        )
     if cpu_demo:
         text += (
             "\nWhere the demo's training step spends its time (CPU, `torch.profiler`, 3 steps):\n"

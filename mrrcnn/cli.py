@@ -23,7 +23,6 @@ from .config import SECTIONS, load_config
 from .data import make_synthetic
 from .data.synthetic import APPEARANCES
 from .engine import distributed
-from .engine.allocator import keep_freed_memory
 from .engine.checkpoint import load_model
 from .engine.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
@@ -315,7 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mrrcnn`` with ``argv`` (default: the process's arguments); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()
     # Under torchrun only rank 0 reports progress at INFO.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(
