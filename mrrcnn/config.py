@@ -5,7 +5,7 @@ A configuration has four sections (see ``mrrcnn/configs/`` for complete examples
 
 * ``model``: ``name`` (a key of :data:`mrrcnn.models.MODELS`) and that builder's keyword arguments, such
   as ``num_classes``, ``base_weights``, and for MR R-CNN the ablation switches ``alpha``, ``shape_aware``,
-  ``refine_cls``, ``refine_reg`` (:data:`MODEL_KEYS`);
+  ``refine_cls``, ``refine_reg`` and ``sara_weighting`` (:data:`MODEL_KEYS`);
 * ``data``: ``train`` and ``val`` as ``{images: DIR, annotations: FILE}``, ``hflip``, ``workers``, ``skip_bad``;
 * ``train``: the optimisation recipe;
 * ``eval``: ``batch_size``, ``backend``, ``mask_threshold``.
@@ -170,6 +170,10 @@ MODEL_KEYS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "sara_masks": (
             _one_of("predicted", "ground_truth", "ground_truth_others"),
             "predicted, ground_truth or ground_truth_others",
+        ),
+        "sara_weighting": (
+            _one_of("own", "others", "ownership", "iterative"),
+            "own, others, ownership or iterative",
         ),
     },
     "fpn": {

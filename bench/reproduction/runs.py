@@ -45,6 +45,10 @@ RUNS = {
     ),
     "mrrcnn_cls_only": ("mrrcnn_small_cls_only.yaml", "MR R-CNN, CLS only"),
     "mrrcnn_reg_only": ("mrrcnn_small_reg_only.yaml", "MR R-CNN, REG only"),
+    # Beyond the paper (bench/reproduction/beyond.py): SARA weighted otherwise than by the own mask.
+    "mrrcnn_others": ("mrrcnn_small_others.yaml", "SARA by 1 - the others' masks (others)"),
+    "mrrcnn_ownership": ("mrrcnn_small_ownership.yaml", "SARA by own x (1 - others) (ownership)"),
+    "mrrcnn_iterative": ("mrrcnn_small_iterative.yaml", "SARA by the refined mask (iterative)"),
 }
 # Trained first: Table 3's rows and the oracle; the ablations of Table 4 after, when asked for.
 CORE_RUNS = (
@@ -62,15 +66,17 @@ DIAGNOSED = ("maskrcnn_finetune", "mrrcnn_no_sara", "mrrcnn", "mrrcnn_oracle", "
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A synthetic benchmark: its data (``make_synthetic`` arguments) and where its results go."""
+    """A synthetic benchmark: its data (``make_synthetic`` arguments) and, for a ``study``, where its
+    results go (``bench/results/<study>[_<name>]``) and its data and checkpoints (``runs/...`` alike)."""
 
     name: str
     title: str
     synth: dict[str, Any] = field(default_factory=dict)
+    study: str = "reproduce"
 
     @property
     def results(self) -> Path:
-        return RESULTS / ("reproduce" if self.name == "synthetic" else f"reproduce_{self.name}")
+        return RESULTS / (self.study if self.name == "synthetic" else f"{self.study}_{self.name}")
 
     @property
     def default_work(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -109,16 +110,21 @@ def stage1_model(model: torch.nn.Module) -> GeneralizedRCNN:
 
 @torch.no_grad()
 def predicted_quality(weights: Path, work: Path) -> dict[str, float]:
-    """How good the masks SARA reads are: for each val instance that stage 1 detects (a detection of any
-    class with box IoU >= 0.5), the IoU of the best-overlapping detection's mask (pasted, at 0.5) with
-    the instance's; mean overall and by subset, and the share of instances detected."""
+    """How good the masks SARA reads are: :func:`detected_mask_quality` of stage 1's detections."""
     model, config, _ = load_model(weights, overrides=data_overrides(work))
-    stage1 = stage1_model(model)
     dataset = CocoDetection(config["data"]["val"]["images"], config["data"]["val"]["annotations"])
+    return detected_mask_quality(stage1_model(model), dataset)
+
+
+@torch.no_grad()
+def detected_mask_quality(detector: Callable[[list[Tensor]], list[dict]], dataset: CocoDetection) -> dict:
+    """For each instance of ``dataset`` that ``detector`` (images -> torchvision detections, masks pasted)
+    detects (a detection of any class with box IoU >= 0.5), the IoU of the best-overlapping detection's
+    mask, at 0.5, with the instance's; mean overall and by subset, and the share of instances detected."""
     ious, flags, found, total = [], [], 0, 0
     for index in range(len(dataset)):
         image, target = dataset[index]
-        output = stage1([image])[0]
+        output = detector([image])[0]
         total += len(target["boxes"])
         if len(output["boxes"]) == 0 or len(target["boxes"]) == 0:
             continue

@@ -25,6 +25,8 @@ class MaskRefiningRCNN(MaskRCNN):
         sara_masks: ``"predicted"`` (the method), or the diagnostics ``"ground_truth"`` (Shape-aware
             RoIAlign reads each box's best-IoU ground-truth mask) and ``"ground_truth_others"`` (1 minus
             the other instances' masks), whose evaluation needs ``model(images, targets)``.
+        sara_weighting: how predicted masks weight Shape-aware RoIAlign: ``"own"`` (the paper),
+            ``"others"``, ``"ownership"`` or ``"iterative"`` (:mod:`mrrcnn.models.sara_weights`).
 
     Inputs and outputs are torchvision's: in training, ``model(images, targets)`` returns the losses
     (torchvision's five plus ``loss_refine_classifier``, ``loss_refine_box_reg``, ``loss_refine_mask``);
@@ -43,6 +45,7 @@ class MaskRefiningRCNN(MaskRCNN):
         refine_cls: bool = True,
         refine_reg: bool = True,
         sara_masks: str = "predicted",
+        sara_weighting: str = "own",
         **kwargs: Any,
     ) -> None:
         names = ["0", "1", "2", "3"]
@@ -70,6 +73,7 @@ class MaskRefiningRCNN(MaskRCNN):
             refine_cls=refine_cls,
             refine_reg=refine_reg,
             sara_masks=sara_masks,
+            sara_weighting=sara_weighting,
         )
 
     def init_refining_from_base(self) -> None:

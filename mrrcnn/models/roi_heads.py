@@ -27,6 +27,7 @@ from torchvision.ops import boxes as box_ops
 
 from ..ops import MultiScaleShapeAwareRoIAlign, roi_align
 from ..ops.exportable import exporting
+from .sara_weights import WEIGHTINGS, neighbour_claim
 
 
 def fuse_scores(stage1_logits: Tensor, refine_logits: Tensor, alpha: float) -> Tensor:
@@ -131,6 +132,11 @@ class MaskRefiningRoIHeads(RoIHeads):
             ground-truth mask, and ``"ground_truth_others"``, 1 minus the other instances' masks (the
             neighbours removed, the instance's own shape not shown). Not a way to report results; may be
             changed after training.
+        sara_weighting: how the predicted masks weight a box's samples (:mod:`mrrcnn.models.sara_weights`):
+            ``"own"`` (the paper: the instance's stage-1 mask), ``"others"`` (1 minus the highest mask of
+            another instance: stage 1's other detections), ``"ownership"`` (their product) or
+            ``"iterative"`` (the refining mask head's mask on the stage-1 box). May be changed after
+            training.
     """
 
     refining_parameter_prefixes = (
@@ -149,6 +155,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         refine_cls: bool = True,
         refine_reg: bool = True,
         sara_masks: str = "predicted",
+        sara_weighting: str = "own",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -163,7 +170,15 @@ class MaskRefiningRoIHeads(RoIHeads):
         self.refine_reg = refine_reg
         if sara_masks not in SARA_MASKS:
             raise ValueError(f"sara_masks must be one of {SARA_MASKS}, got {sara_masks!r}")
+        if sara_weighting not in WEIGHTINGS:
+            raise ValueError(f"sara_weighting must be one of {WEIGHTINGS}, got {sara_weighting!r}")
+        if sara_weighting != "own" and not (shape_aware and sara_masks == "predicted"):
+            raise ValueError(
+                f"sara_weighting={sara_weighting!r} weights Shape-aware RoIAlign by predicted masks: it needs "
+                f"shape_aware=True and sara_masks='predicted' (got {shape_aware}, {sara_masks!r})"
+            )
         self.sara_masks = sara_masks
+        self.sara_weighting = sara_weighting
         pool = self.box_roi_pool
         self.refine_box_roi_pool = MultiScaleShapeAwareRoIAlign(
             pool.featmap_names,
@@ -248,7 +263,15 @@ class MaskRefiningRoIHeads(RoIHeads):
         """Training: ``([], losses)`` (see :meth:`forward`)."""
         self.check_targets(targets)
         losses, boxes, classes = self.stage1_loss(features, proposals, image_shapes, targets)
-        losses.update(self.refine_loss(features, boxes, classes, image_shapes, targets))
+        detections = None
+        # The weightings that read the other instances (only with SARA on predicted masks).
+        if (
+            self.shape_aware
+            and self.sara_masks == "predicted"
+            and self.sara_weighting in ("others", "ownership")
+        ):
+            detections = self._stage1_detection_masks(features, proposals, image_shapes)
+        losses.update(self.refine_loss(features, boxes, classes, image_shapes, targets, detections))
         return [], losses
 
     def stage1_loss(
@@ -298,13 +321,15 @@ class MaskRefiningRoIHeads(RoIHeads):
         classes: Tensor,
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
+        detections: tuple[list[Tensor], list[Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """The refining module in training on stage 1's boxes and classes (:meth:`stage1_loss`): targets
         re-assigned to the boxes, the refining box head's losses (those its switches keep) and the refining
-        mask head's loss on the refined boxes."""
+        mask head's loss on the refined boxes. ``detections``: the other instances, for the weightings
+        that read them (:meth:`_stage1_detection_masks`)."""
         matched, labels, regression_targets = self.assign_refining_targets(boxes, targets)
         mask_features, masks = self._training_stage1_masks(
-            features, boxes, classes, labels, image_shapes, targets
+            features, boxes, classes, labels, image_shapes, targets, detections
         )
         logits, deltas = self._refine_boxes(features, boxes, masks, image_shapes)
         loss_classifier, loss_box_reg = fastrcnn_loss(logits, deltas, labels, regression_targets)
@@ -366,7 +391,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         (stage 1's without ``refine_reg``), score threshold and NMS again, refined masks."""
         boxes, classes = refining_input.boxes, refining_input.classes
         counts = [b.shape[0] for b in boxes]
-        masks = self._sara_masks(refining_input, targets)
+        masks = self._sara_masks(features, refining_input, image_shapes, targets, None)
         refine_logits, refine_deltas = self._refine_boxes(features, boxes, masks, image_shapes)
         if self.refine_cls:
             scores = _select_class(
@@ -409,6 +434,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         labels: list[Tensor],
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
+        detections: tuple[list[Tensor], list[Tensor]] | None,
     ) -> tuple[Tensor, Tensor | None]:
         """Stage 1's mask head where the refining module reads it in training: eq. 6's features
         ``Tensor[F, C, M/2, M/2]`` of the ``F`` foreground RoIs (``labels`` > 0), and the masks Shape-aware
@@ -419,18 +445,57 @@ class MaskRefiningRoIHeads(RoIHeads):
             return self.mask_head(self.mask_roi_pool(features, foreground_boxes, image_shapes)), None
         mask_features, probabilities = self._stage1_masks(features, boxes, classes, image_shapes)
         refining_input = RefiningInput(boxes, classes, mask_features, probabilities)
-        return mask_features[torch.cat(foreground)], self._sara_masks(refining_input, targets)
+        masks = self._sara_masks(features, refining_input, image_shapes, targets, detections)
+        return mask_features[torch.cat(foreground)], masks
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def _stage1_detection_masks(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The other instances in training, for the weightings that read them: stage 1's detections from
+        all of the step's proposals, as at inference (score threshold, NMS, ``detections_per_img``), and
+        their stage-1 masks; per image ``Tensor[D_i, 4]`` boxes and ``Tensor[D_i, M, M]`` probabilities."""
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
+        boxes, _, labels, _ = self.stage1_detections(class_logits, box_regression, proposals, image_shapes)
+        _, probabilities = self._stage1_masks(features, boxes, torch.cat(labels), image_shapes)
+        return boxes, list(probabilities.split([b.shape[0] for b in boxes]))
 
     def _sara_masks(
-        self, refining_input: RefiningInput, targets: list[dict[str, Tensor]] | None
+        self,
+        features: dict[str, Tensor],
+        refining_input: RefiningInput,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None,
+        detections: tuple[list[Tensor], list[Tensor]] | None,
     ) -> Tensor | None:
-        """The masks Shape-aware RoIAlign weights the refining box head's features by: None without
-        SARA, stage 1's probabilities, or (the diagnostic ``sara_masks="ground_truth"``) the ground truth."""
+        """The masks Shape-aware RoIAlign weights the refining box head's features by, ``Tensor[N, M, M]``:
+        None without SARA; by ``sara_weighting`` from stage 1's probabilities and, for the weightings that
+        read the other instances, the masks of ``detections`` (per image ``Tensor[D_i, 4]`` boxes and
+        ``Tensor[D_i, M, M]`` probabilities; None: the RoIs themselves, stage 1's detections at
+        inference); or (the diagnostics ``sara_masks``) the ground truth."""
         if not self.shape_aware:
             return None
         if self.sara_masks != "predicted":
             return self._ground_truth_masks(refining_input, targets)
-        return refining_input.probabilities
+        own = refining_input.probabilities
+        if self.sara_weighting == "own":
+            return own
+        if self.sara_weighting == "iterative":
+            logits = self._refine_masks(
+                features, refining_input.boxes, refining_input.mask_features, image_shapes
+            )
+            return _select_class(logits, refining_input.classes).sigmoid()
+        boxes = refining_input.boxes
+        if detections is None:
+            detections = (boxes, list(own.split([b.shape[0] for b in boxes])))
+        claims: list[Tensor] = []
+        for boxes_i, other_boxes, other_masks in zip(boxes, detections[0], detections[1]):
+            claims.append(neighbour_claim(boxes_i, other_boxes, other_masks))
+        free = 1.0 - torch.cat(claims)
+        return free if self.sara_weighting == "others" else own * free
 
     @torch.jit.unused
     def _ground_truth_masks(

@@ -53,3 +53,36 @@ def test_degradations_hand_computed():
     assert 1.0 <= float(moved.norm()) <= 3.0
     assert torch.equal(shifted, degrade(masks, "shift", 2, key=0))  # deterministic in the key
     assert degrade(masks[:0], "shift", 2, key=0).shape == (0, 7, 7)
+
+
+def test_decision_rule_of_the_beyond_study():
+    from reproduction.beyond import CANDIDATES, choose
+
+    def gains(box, huddled):
+        return {"bbox/AP": box, "huddled/bbox/AP": huddled}
+
+    # Averaged over the benchmarks: others 0.5, ownership 0.75, iterative 0.5.
+    both = {
+        "synthetic": {"mrrcnn_others": gains([1.0, 1.0], [0.0]), "mrrcnn_ownership": gains([0.5], [0.0]),
+                      "mrrcnn_iterative": gains([0.0], [9.0])},
+        "uniform": {"mrrcnn_others": gains([0.0], [0.0]), "mrrcnn_ownership": gains([1.0], [0.0]),
+                    "mrrcnn_iterative": gains([1.0], [9.0])},
+    }  # fmt: skip
+    assert choose(both) == "mrrcnn_ownership"
+    # Within 0.05 box AP of the best, huddled box AP decides.
+    both["uniform"]["mrrcnn_iterative"]["bbox/AP"] = [1.45]
+    assert choose(both) == "mrrcnn_iterative"
+    assert set(CANDIDATES) == {"mrrcnn_others", "mrrcnn_ownership", "mrrcnn_iterative"}
+
+
+def test_beyond_constants_are_the_preregistered_plan():
+    from reproduction import beyond
+
+    plan = beyond.PREREGISTRATION.read_text()
+    selection, confirmation = beyond.SELECTION_SEEDS, beyond.CONFIRMATION_SEEDS
+    for label, seeds in (("Selection seeds", selection), ("Confirmation seeds", confirmation)):
+        main, hard = (", ".join(map(str, seeds[b])) for b in ("synthetic", "uniform"))
+        assert f"main {main}; harder {hard}" in " ".join(plan.split(label, 1)[1].split()[:20])
+    assert f">= +{beyond.GOAL_BOX_AP} box AP" in plan and f"within {beyond.TIE_AP} AP" in plan
+    for run in beyond.CANDIDATES:
+        assert f"`{run.removeprefix('mrrcnn_')}`" in plan

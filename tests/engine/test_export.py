@@ -129,6 +129,16 @@ def test_mask_rcnn_exports_too(tmp_path):
         assert all(c["detections"] > 10 for c in checks)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("weighting", ["others", "ownership", "iterative"])
+def test_every_sara_weighting_exports(weighting, tmp_path):
+    needs_onnx()
+    model = small_refining_model(sara_weighting=weighting)
+    for fmt in ("torchscript", "onnx"):
+        path = export_model(model, tmp_path / f"model.{fmt}", fmt)
+        assert_checked(check_export(model, path, fmt))
+
+
 def test_what_cannot_be_exported_is_refused(checkpoint, tmp_path, monkeypatch):
     model = small_refining_model()
     with pytest.raises(ValueError, match="sara_masks='ground_truth'.*no input"):
