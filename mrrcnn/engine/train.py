@@ -500,11 +500,9 @@ def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: boo
         remove_stale_temporaries(output_dir)
         (output_dir / "config.yaml").write_text(dump_config(config))
         writer = SummaryWriter(str(output_dir / "tb"), purge_step=trainer.iteration)
-        if config["train"]["amp"] and not trainer.use_amp:
-            logger.info("train.amp is on, but training runs on the CPU: in float32")
         logger.info(
             "training %s (%.2fM trainable parameters) on %d image(s), iterations %d to %d, %d process(es) x %d "
-            "image(s) per iteration, on %s",
+            "image(s) per iteration, on %s in %s",
             config["model"]["name"],
             sum(p.numel() for p in trainer.model.parameters() if p.requires_grad) / 1e6,
             len(trainer.dataset),
@@ -513,6 +511,8 @@ def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: boo
             trainer.world,
             config["train"]["batch_size"],
             trainer.device,
+            # train.amp applies to CUDA only: on the CPU float32 is what the user gets, said here once.
+            "AMP" if trainer.use_amp else "float32",
         )
     if state is not None:
         trainer.restore_rng(state)
