@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,10 +37,29 @@ def init_distributed(device: str | None = None) -> bool:
                 "processes per node (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    store = _restart_store()
+    # With a store of its own, torch is told the rank and world size too.
+    given = {"store": store, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
+    dist.init_process_group("nccl" if _use_cuda(device) else "gloo", **(given if store is not None else {}))
     return True
+
+
+def _restart_store() -> dist.Store | None:
+    """The store for the process group of a run that ``torchrun --max-restarts`` restarted on one node, or
+    None to let torch make its own.
+
+    torchrun's agent serves one TCP store to every attempt it starts (``TORCHELASTIC_USE_AGENT_STORE``), and
+    the keys the previous attempt's process group left there would make this one connect to dead processes
+    (gloo: "Connection refused"; seen with PyTorch 2.14, pytorch/pytorch#135712). Each restart gets keys of
+    its own. With several agents (nodes) the restart counts differ between nodes: there
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun gives every attempt a fresh store instead.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if restart == "0" or not shared or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    return dist.PrefixStore(f"mrrcnn/restart_{restart}", store)
 
 
 def cleanup() -> None:
@@ -77,6 +97,15 @@ def device(kind: str | None = None) -> torch.device:
     """This process's device: GPU ``LOCAL_RANK`` when CUDA is available and ``kind`` is not ``"cpu"``,
     else the CPU."""
     return torch.device("cuda", local_rank()) if _use_cuda(kind) else torch.device("cpu")
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` itself in a single process); picklable objects only."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -460,8 +460,10 @@ def train(config: dict[str, Any], resume: bool = False, progress: bool = True) -
 
     Args:
         config: a configuration as :func:`mrrcnn.config.load_config` returns it.
-        resume: continue from ``output_dir/last.pth``, exactly as if never interrupted; only
-            ``train.iterations`` (and the folder's name) may differ from the saved configuration.
+        resume: continue from ``output_dir/last.pth`` if it exists, exactly as if never interrupted (only
+            ``train.iterations`` and the folder's name may differ from the saved configuration), and start
+            fresh if it does not, as detectron2's ``--resume`` does: a run restarted by
+            ``torchrun --max-restarts`` picks up where it stopped. One log line says which happened.
         progress: show a progress bar (rank 0); otherwise log a line every ``log_every`` iterations.
 
     Returns:
@@ -483,15 +485,29 @@ def train(config: dict[str, Any], resume: bool = False, progress: bool = True) -
             du.cleanup()
 
 
+def _resume_state(last: Path, resume: bool, main: bool) -> dict[str, Any] | None:
+    """``last``'s state if resuming from it, None to start fresh, and one line saying which.
+
+    Every process goes by whether rank 0 sees ``last``: processes that disagreed would run different
+    iterations and hang; one that cannot read it fails naming it."""
+    exists = du.broadcast_object(last.exists())
+    if resume and exists:
+        state = load_checkpoint(last)
+        if main:
+            logger.info("resuming from %s at iteration %d", last, state["iteration"])
+        return state
+    if main and resume:
+        logger.info("no %s yet: starting fresh", last)
+    elif main and exists:
+        logger.warning("%s exists and will be overwritten (mrrcnn train --resume continues it)", last)
+    return None
+
+
 def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: bool) -> Path:
     main = du.is_main_process()
-    state = load_checkpoint(output_dir / "last.pth") if resume else None
+    state = _resume_state(output_dir / "last.pth", resume, main)
     if state is not None:
         _check_resumable(state, config, output_dir / "last.pth")
-    elif main and (output_dir / "last.pth").exists():
-        logger.warning(
-            "%s exists and will be overwritten (pass resume=True to continue it)", output_dir / "last.pth"
-        )
     trainer = Trainer(config, du.device(config["train"]["device"]))
     if state is not None:
         trainer.load_state_dict(state)
