@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from mrrcnn.cli import main
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.engine import demo, export
 from mrrcnn.engine.checkpoint import save_checkpoint
+from mrrcnn.engine.train import Trainer
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
@@ -41,23 +43,26 @@ def assert_error(result: tuple[int, str, str], command: str, *names: str) -> Non
         assert name in lines[0]
 
 
+def data_overrides(data: Path) -> list[str]:
+    """``data.train`` and ``data.val`` overrides for a folder written by ``mrrcnn synth``."""
+    return [
+        f"data.{split}.{key}={data / path}"
+        for split in ("train", "val")
+        for key, path in (("images", split), ("annotations", f"annotations/{split}.json"))
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``mrrcnn synth`` then ``mrrcnn train`` of a maskrcnn_small for 2 iterations."""
     root = tmp_path_factory.mktemp("cli")
     assert main(["synth", str(root / "data"), "--train", "4", "--val", "3", "--image-size", "64"]) == 0
-    data = [
-        f"data.train.images={root / 'data/train'}",
-        f"data.train.annotations={root / 'data/annotations/train.json'}",
-        f"data.val.images={root / 'data/val'}",
-        f"data.val.annotations={root / 'data/annotations/val.json'}",
-    ]
     config = CONFIGS / "maskrcnn_small.yaml"
     argv = [
         "train",
         "--config",
         str(config),
-        *data,
+        *data_overrides(root / "data"),
         *TINY,
         f"train.output_dir={root / 'run'}",
         "--no-progress",
@@ -175,6 +180,21 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "train", interrupted)
     status, _, err = run(capsys, "train", "--config", "synthetic/maskrcnn_small")
     assert status == 130 and err.strip() == "mrrcnn train: interrupted; nothing written is damaged"
+
+
+def test_ctrl_c_during_training_is_reported_below_the_progress_bar(trained, capsys, tmp_path, monkeypatch):
+    step = Trainer.run_step
+
+    def interrupt_the_second(self, batch):
+        if self.iteration == 1:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "run_step", interrupt_the_second)
+    argv = ["train", "--config", "synthetic/maskrcnn_small", *data_overrides(trained / "data"), *TINY]
+    status, _, err = run(capsys, *argv, f"train.output_dir={tmp_path}")
+    assert status == 130 and "train:  50%" in err
+    assert err.split("\n")[-2:] == ["mrrcnn train: interrupted; nothing written is damaged", ""]
 
 
 @pytest.fixture

@@ -90,13 +90,11 @@ def evaluate_model(
         model = model.module
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    records, image_ids = _predict_records(
-        model,
-        tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0),
-        device,
-        eval_config.get("mask_threshold", 0.5),
-        oracle_masks,
-    )
+    # Closed however the loop ends, so that an error or Ctrl-C is reported on a line of its own.
+    with tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0) as batches:
+        records, image_ids = _predict_records(
+            model, batches, device, eval_config.get("mask_threshold", 0.5), oracle_masks
+        )
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, (records, image_ids))

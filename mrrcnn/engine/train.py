@@ -399,43 +399,48 @@ def _fit(trainer: Trainer, output_dir: Path, writer: SummaryWriter | None, progr
     start, last_path = trainer.iteration, output_dir / "last.pth"
     saved_at, meter, started = start or None, _LossMeter(), time.perf_counter()
     batches = trainer.batches()
-    bar = tqdm(
+    # Closed however the loop ends, so that an error or Ctrl-C is reported on a line of its own.
+    with tqdm(
         total=cfg["iterations"],
         initial=start,
         desc="train",
         unit="it",
         disable=not (progress and trainer.rank == 0),
-    )
-    while trainer.iteration < cfg["iterations"]:
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        try:
-            values = trainer.run_step(next(batches))
-        except FloatingPointError as e:
-            kept = f"{last_path} (iteration {saved_at}) is kept" if saved_at else "no checkpoint was written"
-            raise FloatingPointError(
-                f"{e}; training stopped and {kept}. A lower train.lr or a longer warmup (train.warmup_iters) may help."
-            ) from e
-        if values is None:
-            if trainer.rank == 0:
-                logger.warning("iteration %d: no image of a batch could be read; no step", trainer.iteration)
-        else:
-            meter.add(values)
-            bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
-        bar.update()
-        done = trainer.iteration
-        if done % cfg["log_every"] == 0:
-            eta = (
-                None
-                if progress
-                else (time.perf_counter() - started) / (done - start) * (cfg["iterations"] - done)
-            )
-            _log(trainer, meter, writer, lr, eta)
-        if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0:
-            _save(trainer, last_path)
-            saved_at = done
-        if cfg["eval_every"] and done % cfg["eval_every"] == 0:
-            _evaluate(trainer, writer)
-    bar.close()
+    ) as bar:
+        while trainer.iteration < cfg["iterations"]:
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            try:
+                values = trainer.run_step(next(batches))
+            except FloatingPointError as e:
+                kept = (
+                    f"{last_path} (iteration {saved_at}) is kept" if saved_at else "no checkpoint was written"
+                )
+                raise FloatingPointError(
+                    f"{e}; training stopped and {kept}. A lower train.lr or a longer warmup "
+                    "(train.warmup_iters) may help."
+                ) from e
+            if values is None:
+                if trainer.rank == 0:
+                    logger.warning(
+                        "iteration %d: no image of a batch could be read; no step", trainer.iteration
+                    )
+            else:
+                meter.add(values)
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+            done = trainer.iteration
+            if done % cfg["log_every"] == 0:
+                eta = (
+                    None
+                    if progress
+                    else (time.perf_counter() - started) / (done - start) * (cfg["iterations"] - done)
+                )
+                _log(trainer, meter, writer, lr, eta)
+            if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0:
+                _save(trainer, last_path)
+                saved_at = done
+            if cfg["eval_every"] and done % cfg["eval_every"] == 0:
+                _evaluate(trainer, writer)
     if saved_at != cfg["iterations"]:
         _save(trainer, last_path)
 
