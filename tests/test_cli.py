@@ -112,6 +112,20 @@ def test_train_and_eval(trained, capsys, tmp_path):
     assert status == 0 and (tmp_path / "given" / "metrics_val.json").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:skipped:UserWarning")
+def test_eval_with_no_image_readable_is_an_error(trained, capsys, tmp_path):
+    # data.skip_bad=true skips unreadable images; when it skips them all there are no metrics to give.
+    broken = tmp_path / "val"
+    broken.mkdir()
+    for image in (trained / "data/val").iterdir():
+        (broken / image.name).write_bytes(b"not an image")
+    argv = ["eval", "--weights", trained / "run/final.pth", "data.skip_bad=true", f"data.val.images={broken}"]
+    assert_error(
+        run(capsys, *argv, "--out", tmp_path), "eval", f"none of the 3 images of {broken} could be read"
+    )
+    assert not (tmp_path / "metrics_val.json").exists()
+
+
 def test_predict(trained, capsys, tmp_path):
     status, out, _ = run(
         capsys,

@@ -103,6 +103,7 @@ def evaluate_model(
         records = [r for shard_records, _ in gathered for r in shard_records]
         image_ids = [i for _, shard_ids in gathered for i in shard_ids]
 
+    _check_evaluable(dataset, data, image_ids, records)
     gt = _evaluated_ground_truth(dataset.coco.dataset, image_ids, data["images"])
     metrics = evaluate_split(gt, records, backend=eval_config.get("backend") or DEFAULT_BACKEND)
     if output_dir is not None:
@@ -143,6 +144,28 @@ def _predict_records(
     finally:
         model.train(was_training)
     return records, image_ids
+
+
+def _check_evaluable(
+    dataset: CocoDetection, data: dict[str, str], image_ids: list[int], records: list[dict]
+) -> None:
+    """Refuse an evaluation without images read (all skipped under ``data.skip_bad``), or of detections
+    whose categories the ground truth does not have (a model trained on other categories)."""
+    if not image_ids:
+        unread = (
+            f"none of the {len(dataset)} images of {data['images']} could be read (data.skip_bad skipped "
+            "them all; the warnings name each)"
+        )
+        raise ValueError(
+            f"{unread if len(dataset) else data['annotations'] + ' holds no image'}: nothing to evaluate"
+        )
+    unknown = sorted({record["category_id"] for record in records} - dataset.categories.keys())
+    if unknown:
+        raise ValueError(
+            f"the model predicts category id(s) {unknown}, which {data['annotations']} does not have (its "
+            f"category ids: {sorted(dataset.categories)}): the model was trained on other categories than "
+            "this ground truth's; evaluate it on data with the category ids it was trained on"
+        )
 
 
 def _evaluated_ground_truth(gt: dict[str, Any], image_ids: list[int], images_dir: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,20 @@ def test_evaluate_model(model, config, tmp_path):
 def test_evaluate_model_bad_split(model, config):
     with pytest.raises(ValueError, match="data.test"):
         evaluate_model(model, config, "test", progress=False)
+
+
+def test_a_model_of_other_categories_is_named_as_such(model, config, tmp_path):
+    gt = json.loads(Path(config["data"]["val"]["annotations"]).read_text())
+    shift = {"categories": "id", "annotations": "category_id"}
+    for key, field in shift.items():
+        for record in gt[key]:
+            record[field] += 10
+    (tmp_path / "other.json").write_text(json.dumps(gt))
+    other = {**config, "data": {**config["data"], "val": {**config["data"]["val"]}}}
+    other["data"]["val"]["annotations"] = str(tmp_path / "other.json")
+    predicts = r"the model predicts category id\(s\) \[.*\], which .*other.json does not have"
+    with pytest.raises(ValueError, match=predicts + r" \(its category ids: \[11, 12, 13, 14, 15\]\)"):
+        evaluate_model(model, other, "val", progress=False)
 
 
 def _shard(rank: int, world: int, init: str, state: dict, config: dict, out: str) -> None:
