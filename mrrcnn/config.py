@@ -340,15 +340,29 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def validate_overridden(config: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """:func:`validate_config` of ``config`` with ``overrides`` applied. An error names the override at
+    fault (the first without which the error differs), or else ``source``, where ``config`` came from."""
+    overridden = apply_overrides(config, overrides)
+    try:
+        return validate_config(overridden)
+    except ValueError as e:
+        for index, override in enumerate(overrides):
+            others = [o for i, o in enumerate(overrides) if i != index]
+            try:
+                validate_config(apply_overrides(config, others))
+            except ValueError as without:
+                if str(without) == str(e):
+                    continue
+            raise ValueError(f"override {override!r}: {e}") from e
+        raise ValueError(f"{source}: {e}") from e
+
+
 def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Read ``path`` (a file or a shipped config's name, following ``_base_``), apply ``overrides`` and
-    validate the result (:func:`validate_config`); errors name the file."""
+    validate the result (:func:`validate_overridden`); errors name the file or the override at fault."""
     path = resolve_config_path(path)
-    config = apply_overrides(_read(path), overrides or ())
-    try:
-        return validate_config(config)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return validate_overridden(_read(path), overrides or (), str(path))
 
 
 def dump_config(config: dict[str, Any]) -> str:

@@ -157,7 +157,11 @@ def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):
     weights = trained / "run/final.pth"
     config = CONFIGS / "maskrcnn_small.yaml"
     # The README's Table-5 command with a typo, and bad values.
-    assert_error(run(capsys, "eval", "--weights", weights, "model.alhpa=2"), "eval", "did you mean 'alpha'")
+    assert_error(
+        run(capsys, "eval", "--weights", weights, "model.alhpa=2"),
+        "eval",
+        "error: override 'model.alhpa=2': model.alhpa is not a known key; did you mean 'alpha'",
+    )
     assert_error(run(capsys, "train", "--config", config, "model.min_size=abc"), "train", "model.min_size")
     assert_error(run(capsys, "train", "--config", config, "model.min_size=-5"), "train", "model.min_size")
     assert_error(

@@ -73,6 +73,19 @@ def test_bad_keys_and_values_are_named(override, message):
         load_config("synthetic/mrrcnn_small", [override])
 
 
+def test_an_error_names_the_override_at_fault_or_else_the_file(tmp_path):
+    with pytest.raises(ValueError) as error:
+        load_config("synthetic/maskrcnn_small", ["train.lr=0.1", "train.lrr=1"])
+    assert str(error.value) == "override 'train.lrr=1': train.lrr is not a known key; did you mean 'lr'?"
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {name: maskrcnn_small, num_classes: 3}\ntrain: {lrr: 1}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: train.lrr is not a known key"):
+        load_config(path, ["train.lr=0.1"])
+    # An override that makes a key of the file wrong is the one named.
+    with pytest.raises(ValueError, match=r"^override 'model.name=maskrcnn_small': model.alpha does not apply"):
+        load_config("synthetic/mrrcnn_small", ["model.name=maskrcnn_small"])
+
+
 def test_mask_rcnn_models_refuse_mr_rcnn_keys():
     with pytest.raises(
         ValueError, match=r"model.alpha does not apply to model 'maskrcnn_small' \(only to mrrcnn"
