@@ -280,6 +280,13 @@ def _add_demo(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_demo)
 
 
+def _overrides(example: str) -> argparse.ArgumentParser:
+    """The ``KEY=VALUE`` arguments of a command, with an example of overrides that matter to it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; each sets ``func`` to the function that runs it."""
     common = argparse.ArgumentParser(add_help=False)
@@ -287,23 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.lr=0.01 model.alpha=0.5",
-    )
 
     parser = argparse.ArgumentParser(prog="mrrcnn", description="Mask Refining R-CNN on torchvision.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, parents in (
         (_add_synth, [common]),
-        (_add_train, [common, overrides]),
-        (_add_eval, [common, device, overrides]),
+        (_add_train, [common, _overrides("train.lr=0.01 train.iterations=5000")]),
+        (_add_eval, [common, device, _overrides("model.alpha=2 eval.mask_threshold=0.4")]),
         (_add_predict, [common, device]),
-        (_add_export, [common, overrides]),
+        (_add_export, [common, _overrides("model.alpha=0.5 model.box_score_thresh=0.3")]),
         (_add_demo, [common]),
     ):
         add(commands, parents)

@@ -351,6 +351,13 @@ def test_bad_input(trained, capsys, tmp_path, monkeypatch):
     assert "--weights" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_help_gives_examples_that_apply_to_the_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "train." not in capsys.readouterr().out
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="nope.yaml"):
         main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
