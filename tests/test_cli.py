@@ -272,6 +272,16 @@ def test_export(trained, capsys, tmp_path, monkeypatch, one_thread):
     assert_error(run(capsys, *argv), "export", "opset must be an integer in 11..20")
 
 
+def test_export_size_beyond_the_machine_is_refused_before_allocating(capsys, tmp_path):
+    config = load_config(CONFIGS / "maskrcnn_small.yaml", TINY[:2])
+    weights = tmp_path / "maskrcnn.pth"
+    save_checkpoint(weights, {"model": build_model(**config["model"]).state_dict(), "config": config})
+    argv = ["export", "--weights", weights, "--format", "onnx", "--out", tmp_path / "m.onnx"]
+    result = run(capsys, *argv, "--image-size", 100000, 100000)
+    assert_error(result, "export", "image_size 100000x100000: tracing holds the image and up to 100 masks")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_demo(capsys, tmp_path, monkeypatch, caplog):
     # The synthetic configs, shrunk so that the demo runs in seconds.
     for name in ("maskrcnn_small.yaml", "maskrcnn_small_finetune.yaml", "mrrcnn_small.yaml"):

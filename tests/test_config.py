@@ -82,7 +82,9 @@ def test_an_error_names_the_override_at_fault_or_else_the_file(tmp_path):
     with pytest.raises(ValueError, match=rf"^{path}: train.lrr is not a known key"):
         load_config(path, ["train.lr=0.1"])
     # An override that makes a key of the file wrong is the one named.
-    with pytest.raises(ValueError, match=r"^override 'model.name=maskrcnn_small': model.alpha does not apply"):
+    with pytest.raises(
+        ValueError, match=r"^override 'model.name=maskrcnn_small': model.alpha does not apply"
+    ):
         load_config("synthetic/mrrcnn_small", ["model.name=maskrcnn_small"])
 
 

@@ -127,6 +127,24 @@ def _check_arguments(fmt: str, image_size: Sequence[int], opset: int) -> None:
         raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
 
 
+def _check_memory(model: MaskRCNN, image_size: Sequence[int]) -> None:
+    """Refuse, before allocating anything, an example image that tracing cannot hold in this machine's
+    memory: the image and its detections' masks pasted at full size, float32 each."""
+    height, width = image_size
+    planes = 3 + model.roi_heads.detections_per_img
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows): left to the allocator
+        return
+    if 4 * height * width * planes > total:
+        raise ValueError(
+            f"image_size {height}x{width}: tracing holds the image and up to {planes - 3} masks of its size in "
+            f"float32, {4 * height * width * planes / 2**30:.0f} GiB, more than this machine's "
+            f"{total / 2**30:.0f} GiB of memory; give a smaller image_size (--image-size): the exported model "
+            "takes images of any size"
+        )
+
+
 def export_model(
     model: MaskRCNN,
     out: str | Path,
@@ -151,6 +169,8 @@ def export_model(
     check_exportable(model)
     image_size = image_size or default_image_size(model)
     _check_arguments(fmt, image_size, opset)
+    if fmt == "onnx":
+        _check_memory(model, image_size)
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise ValueError("ONNX export needs the onnx package: pip install 'mrrcnn[export]'")
     detector = SingleImageDetector(copy.deepcopy(model).cpu().eval())
