@@ -25,7 +25,8 @@ IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
 def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The files named in ``inputs`` and the images (by suffix) inside the folders named, sorted."""
+    """The files named in ``inputs`` and the images (by suffix) inside the folders named, sorted; one
+    warning per folder names what else it holds, which is skipped."""
     files: list[Path] = []
     for entry in map(Path, inputs):
         if entry.is_dir():
@@ -33,6 +34,16 @@ def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise ValueError(f"{entry}: folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
+            skipped = sorted(
+                f"{p.name}/" if p.is_dir() else p.name for p in entry.iterdir() if p not in found
+            )
+            if skipped:
+                logger.warning(
+                    "%s: skipped %s (not image files by their suffix, %s; folders are not searched)",
+                    entry,
+                    ", ".join(skipped),
+                    ", ".join(IMAGE_SUFFIXES),
+                )
         elif entry.is_file():
             files.append(entry)
         else:

@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def test_predict(weights, images, tmp_path):
         [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")} for a in annotations]
     )
     assert [results.anns[i + 1]["area"] for i in range(len(annotations))] == [a["area"] for a in annotations]
+
+
+def test_predict_names_what_it_skips_in_a_folder(weights, images, tmp_path, caplog):
+    folder = tmp_path / "in"
+    shutil.copytree(images, folder)
+    (folder / "notes.txt").write_text("")
+    (folder / "more").mkdir()
+    with caplog.at_level(logging.WARNING, logger="mrrcnn"):
+        path = predict(weights, [folder], tmp_path / "out", device="cpu", progress=False)
+    assert len(json.loads(path.read_text())["images"]) == 3
+    assert f"{folder}: skipped more/, notes.txt (not image files by their suffix, .bmp," in caplog.text
 
 
 def test_predict_threshold_above_every_score(weights, images, tmp_path):
