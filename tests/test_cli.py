@@ -11,7 +11,7 @@ from PIL import Image
 from mrrcnn import cli
 from mrrcnn.cli import main
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.engine import demo, export
+from mrrcnn.engine import demo, export, visualize
 from mrrcnn.engine.checkpoint import save_checkpoint
 from mrrcnn.engine.train import Trainer
 from mrrcnn.models import build_model
@@ -292,6 +292,13 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
             "train: {batch_size: 2}\n"
         )
     monkeypatch.setattr(demo, "CONFIGS", tmp_path)
+    titles = []
+
+    def side_by_side(images, captions, columns):
+        titles.extend(captions)
+        return visualize.side_by_side(images, captions, columns)
+
+    monkeypatch.setattr(demo, "side_by_side", side_by_side)
     out_dir = tmp_path / "demo"
     argv = ["demo", "--out", out_dir, "--train-images", 3, "--val-images", 2, "--image-size", 64]
     argv += ["--iterations", 2, "--finetune-iterations", 1, "--comparison-images", 2]
@@ -309,6 +316,16 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
     with Image.open(out_dir / "comparison.png") as figure:
         # Two rows (images) of two columns (models), each picture drawn 3x larger than the 64 px image.
         assert figure.width >= 2 * 3 * 64 and figure.height >= 2 * 3 * 64
+    # Two iterations train nothing: the table and the figure say so rather than show zeros and empty images.
+    said = (
+        "Mask R-CNN, Mask R-CNN +ft, MR R-CNN detected nothing (no detection scoring 0.5 or more on the val"
+    )
+    assert said in out and said in (out_dir / "results.md").read_text()
+    assert (
+        "2 + 1 iterations on 3 images are too few to train a detector, and these numbers mean nothing" in out
+    )
+    assert len(titles) == 4
+    assert all(t.endswith("; nothing detected (too little training to mean anything)") for t in titles)
 
     caplog.set_level(logging.INFO, logger="mrrcnn")
     mtime = (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns
