@@ -232,7 +232,9 @@ def _add_export(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="write a checkpoint as TorchScript or ONNX (one image per call)",
         epilog="The exported model takes one image Tensor[3, H, W] (RGB in [0, 1], any size) and returns "
         "boxes, labels, scores and masks as the model does in eval mode. ONNX bakes model.alpha in (give "
-        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha).",
+        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha). Read its "
+        "images as the model was trained on them: mrrcnn.data.images.read_image(path, intensity=..., "
+        "percentiles=...) with the checkpoint's data.intensity and data.percentiles.",
     )
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
     p.add_argument("--format", required=True, choices=FORMATS, help="torchscript (torch.jit.load) or onnx")

@@ -62,6 +62,9 @@ def test_configs_resolve_by_name_with_or_without_suffix_and_by_path(tmp_path, mo
         ("data.train={images: a}", "data.train must be null or a mapping with exactly 'images'"),
         ("train.milestones=[5, 2]", r"train.milestones must increase, got \[5, 2\]"),
         ("train.iterations=0", "train.iterations must be an integer >= 1, got 0"),
+        ("data.intensity=log", "data.intensity must be full_range .* or percentile .*, got 'log'"),
+        ("data.percentiles=[99, 1]", r"data.percentiles must be \[low, high\], 0 <= low < high <= 100"),
+        ("data.percentiles=[1, 101]", r"data.percentiles must be \[low, high\]"),
         (
             "model.trainable_backbone_layers=3",
             "model.trainable_backbone_layers does not apply to model 'mrrcnn_small'",

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..config import DEFAULT_PERCENTILES
 from ..data import CocoDetection, collate_fn
 from .checkpoint import resolve_device
 from .coco_eval import DEFAULT_BACKEND, evaluate_split
@@ -53,8 +54,9 @@ def evaluate_model(
 
     Args:
         model: a torchvision-style detection model (or its ``DistributedDataParallel`` wrapper).
-        config: the run configuration; reads ``data[split]``, ``data.workers``, ``data.skip_bad`` and
-            ``eval`` (``batch_size``, ``backend``, ``mask_threshold``).
+        config: the run configuration; reads ``data[split]``, ``data.workers``, ``data.skip_bad``,
+            ``data.intensity``, ``data.percentiles`` and ``eval`` (``batch_size``, ``backend``,
+            ``mask_threshold``).
         split: a key of ``config["data"]`` holding ``{images, annotations}``.
         output_dir: if given, rank 0 writes ``results_{split}.json`` (COCO results records) and
             ``metrics_{split}.json`` (the metrics, NaN written as null) there.
@@ -76,7 +78,11 @@ def evaluate_model(
         )
     eval_config = config.get("eval", {})
     dataset = CocoDetection(
-        data["images"], data["annotations"], skip_bad=config["data"].get("skip_bad", False)
+        data["images"],
+        data["annotations"],
+        skip_bad=config["data"].get("skip_bad", False),
+        intensity=config["data"].get("intensity", "full_range"),
+        percentiles=config["data"].get("percentiles", DEFAULT_PERCENTILES),
     )
     this_rank, world = rank(), world_size()
     loader = DataLoader(

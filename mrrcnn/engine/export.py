@@ -12,6 +12,10 @@ threshold and NMS, the refined masks pasted into the image (``masks``: ``Tensor[
 probabilities). ONNX bakes ``alpha`` and the thresholds in (re-export with ``model.alpha=X`` to change
 them); TorchScript keeps them as attributes (``detector.model.roi_heads.alpha = X``).
 
+The graph does not normalise intensities: give it images as the model was trained on them,
+``mrrcnn.data.images.read_image(path, intensity=..., percentiles=...)`` with the checkpoint's
+``data.intensity`` and ``data.percentiles`` (as ``mrrcnn predict`` and ``eval`` read them).
+
 Export traces (ONNX, ``torch.onnx.export(dynamo=False)``, as torchvision exports Mask R-CNN) or scripts
 (TorchScript) the model; while it does, RoI pooling switches to
 :func:`~mrrcnn.ops.exportable.exportable_shape_aware_roi_align` (RoIAlign, Resize, Mul, AveragePool).

@@ -100,7 +100,8 @@ def predict(
         weights: an mrrcnn checkpoint.
         inputs: image files and folders (their images, by suffix, in name order).
         out_dir: output folder, created if needed.
-        config: run configuration to build the model from instead of the checkpoint's.
+        config: run configuration to build the model from instead of the checkpoint's; images are read
+            as its ``data.intensity`` and ``data.percentiles`` say, as in training.
         score_threshold: the least score of a detection kept.
         device: where to run (default: CUDA if available, else the CPU).
         batch_size: images per forward pass.
@@ -122,6 +123,8 @@ def predict(
     model, config, categories = load_model(weights, config, device, overrides)
     device = next(model.parameters()).device
     mask_threshold = config.get("eval", {}).get("mask_threshold", 0.5)
+    # As the model was trained: read as data.intensity says.
+    reading = {"intensity": config["data"]["intensity"], "percentiles": config["data"]["percentiles"]}
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images: list[dict] = []
@@ -129,7 +132,7 @@ def predict(
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, torch.no_grad():
         for start in range(0, len(files), batch_size):
             batch = [
-                (start + k + 1, path, read_image(path))
+                (start + k + 1, path, read_image(path, **reading))
                 for k, path in enumerate(files[start : start + batch_size])
             ]
             for _, path, image in batch:

@@ -132,7 +132,13 @@ def _training_data(config: dict[str, Any], num_classes: int) -> CocoDetection:
     data = config["data"]
     if data["train"] is None:
         raise ValueError("data.train must name the training images and annotations, got null")
-    dataset = CocoDetection(data["train"]["images"], data["train"]["annotations"], skip_bad=data["skip_bad"])
+    dataset = CocoDetection(
+        data["train"]["images"],
+        data["train"]["annotations"],
+        skip_bad=data["skip_bad"],
+        intensity=data["intensity"],
+        percentiles=data["percentiles"],
+    )
     if len(dataset) == 0:
         raise ValueError(f"{data['train']['annotations']}: no training images")
     if dataset.num_classes > num_classes:

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torchvision.ops import FrozenBatchNorm2d
 
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.data import make_synthetic
+from mrrcnn.data import coco, images, make_synthetic
 from mrrcnn.engine.checkpoint import load_model, resolve_device, save_checkpoint
 from mrrcnn.engine.coco_eval import IOU_TYPES, METRICS, SUBSETS
 from mrrcnn.engine.evaluate import evaluate_model
@@ -57,6 +57,19 @@ def test_evaluate_model(model, config, tmp_path):
     assert all("segmentation" in r for r in records)
     written = json.loads((tmp_path / "out" / "metrics_val.json").read_text())
     assert written == {k: None if math.isnan(v) else v for k, v in metrics.items()}
+
+
+def test_evaluate_model_reads_images_as_the_config_says(model, config, monkeypatch):
+    read = []
+
+    def read_image(path, name, intensity, percentiles):
+        read.append((intensity, percentiles))
+        return images.read_image(path, name, intensity, percentiles)
+
+    monkeypatch.setattr(coco, "read_image", read_image)
+    percentile = {**config, "data": {**config["data"], "intensity": "percentile", "percentiles": [2, 98]}}
+    evaluate_model(model, percentile, "val", progress=False)
+    assert read == [("percentile", (2, 98))] * 3
 
 
 def test_evaluate_model_bad_split(model, config):
