@@ -4,7 +4,9 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -79,6 +81,35 @@ def test_synth(capsys, tmp_path):
     assert_error(
         run(capsys, "synth", tmp_path, "--train", 1, "--val", 1, "--image-size", 32), "synth", "image_size"
     )
+
+
+def test_convert_label_images_then_train_on_them(capsys, tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        label = np.zeros((64, 64), np.uint16)
+        label[8:30, 8:30], label[8:30, 30:52], label[36:56, 20:44] = 1, 2, 3  # 1 and 2 touch
+        # 16-bit nuclei of small range, as microscopes record them.
+        tifffile.imwrite(
+            images / f"cells{k}.tif", (rng.poisson(10, label.shape) + 200 * (label > 0)).astype(np.uint16)
+        )
+        Image.fromarray(label).save(labels / f"cells{k}.png")
+    status, out, _ = run(capsys, "convert", images, labels, tmp_path / "coco", "--class-name", "nucleus")
+    assert status == 0
+    summary, hint = out.splitlines()
+    coco = tmp_path / "coco"
+    assert summary == (
+        f"train: 2 images, 6 instances of 1 class(es) (nucleus) -> {coco / 'train'}, {coco / 'annotations/train.json'}"
+    )
+    assert hint.startswith("train on it: mrrcnn train --config CONFIG ")
+    assert hint.endswith("model.num_classes=2 data.intensity=percentile")
+    argv = ["train", "--config", "synthetic/maskrcnn_small", *hint.split("CONFIG ")[1].split(), *TINY]
+    assert run(capsys, *argv, f"train.output_dir={tmp_path / 'run'}", "NOPROGRESS")[0] == 0
+    final = torch.load(tmp_path / "run/final.pth", weights_only=True)
+    assert final["categories"] == {1: "nucleus"} and final["config"]["data"]["intensity"] == "percentile"
+    assert_error(run(capsys, "convert", images, tmp_path / "none", coco), "convert", "none: no such folder")
 
 
 def test_train_and_eval(trained, capsys, tmp_path):

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from ..config import DEFAULT_PERCENTILES, INTENSITIES
 
+# The suffixes of the image files that the commands look for in folders.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 # 16-bit and 32-bit integer modes, and the value that is white in each.
 _WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 

@@ -14,14 +14,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..data.images import read_image
+from ..data.images import IMAGE_SUFFIXES, read_image
 from .checkpoint import load_model
 from .results import to_coco_results
 from .visualize import draw_predictions
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
 def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
