@@ -20,7 +20,8 @@ def init_distributed(device: str | None = None) -> bool:
     process it starts, on every node, so multi-node runs need nothing more. The backend is NCCL when CUDA
     is available and ``device`` is not ``"cpu"``, each process then using GPU ``LOCAL_RANK``, and gloo
     otherwise. Nothing happens without those variables (a plain ``python`` launch) or when a process group
-    exists already.
+    exists already. A run that ``torchrun --max-restarts`` restarted on one node gets store keys of its own
+    (:func:`_restart_store`).
 
     Returns:
         Whether this call created the process group, which its caller then ends with :func:`cleanup`.
@@ -37,10 +38,13 @@ def init_distributed(device: str | None = None) -> bool:
                 "processes per node (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local_rank())
-    store = _restart_store()
-    # With a store of its own, torch is told the rank and world size too.
-    given = {"store": store, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
-    dist.init_process_group("nccl" if _use_cuda(device) else "gloo", **(given if store is not None else {}))
+    backend, store = "nccl" if _use_cuda(device) else "gloo", _restart_store()
+    if store is None:
+        dist.init_process_group(backend)
+    else:
+        # Given a store, torch is told the rank and world size too.
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     return True
 
 
