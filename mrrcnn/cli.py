@@ -1,4 +1,4 @@
-"""The ``mrrcnn`` command: ``synth``, ``train``, ``eval``, ``predict``, ``export`` and ``demo``.
+"""The ``mrrcnn`` command: ``synth``, ``convert``, ``train``, ``eval``, ``predict``, ``export`` and ``demo``.
 
 Bad input (a ``ValueError`` or ``OSError`` from the library) ends the command with one line
 ``mrrcnn <command>: error: ...`` and exit status 2, a diverged training (``FloatingPointError``) likewise
@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from .config import SECTIONS, load_config
 from .data import make_synthetic
+from .data.labels import convert_label_images
 from .data.synthetic import APPEARANCES
 from .engine import distributed
 from .engine.checkpoint import load_model
@@ -42,6 +43,24 @@ def _synth(args: argparse.Namespace) -> None:
             f"{split}: {s['num_images']} images, {s['num_instances']} instances, "
             f"{100 * s['huddled_fraction']:.1f}% huddled -> {s['images_dir']}, {s['annotation_file']}"
         )
+
+
+def _convert(args: argparse.Namespace) -> None:
+    summary = convert_label_images(
+        args.images, args.labels, args.out, args.split, args.classes, args.class_name, args.label_suffix
+    )
+    classes = f"{len(summary['categories'])} class(es) ({', '.join(summary['categories'].values())})"
+    print(
+        f"{args.split}: {summary['num_images']} images, {summary['num_instances']} instances of {classes} -> "
+        f"{summary['images_dir']}, {summary['annotation_file']}"
+    )
+    # 16-bit microscopy images rarely fill their range: read as they are, they would be nearly black.
+    intensity = " data.intensity=percentile" if summary["wide_images"] else ""
+    print(
+        f"train on it: mrrcnn train --config CONFIG data.{args.split}.images={summary['images_dir']} "
+        f"data.{args.split}.annotations={summary['annotation_file']} "
+        f"model.num_classes={max(summary['categories']) + 1}{intensity}"
+    )
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -182,6 +201,45 @@ def _add_synth(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_synth)
 
 
+def _add_convert(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The ``convert`` subcommand."""
+    p = commands.add_parser(
+        "convert",
+        parents=parents,
+        help="instance label images (microscopy) to a COCO dataset",
+        epilog="A label image holds one integer per pixel: 0 the background, each other value one instance. "
+        "Its stem is its image's (plus --label-suffix). Images are written as PNG with their values "
+        "unchanged; train 16-bit images of small range with data.intensity=percentile.",
+    )
+    p.add_argument("images", type=Path, metavar="IMAGES", help="folder of the images")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="folder of the label images (PNG or TIFF)")
+    p.add_argument(
+        "out", type=Path, metavar="OUT", help="output folder: OUT/SPLIT/ and OUT/annotations/SPLIT.json"
+    )
+    convert = _defaults(convert_label_images)
+    p.add_argument(
+        "--split", default=convert["split"], help="name of the split written (default: %(default)s)"
+    )
+    p.add_argument(
+        "--classes",
+        type=Path,
+        metavar="CSV",
+        help="a class per label: CSV with the header image,label,class (default: one class, --class-name)",
+    )
+    p.add_argument(
+        "--class-name",
+        default=convert["class_name"],
+        help="the one class without --classes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--label-suffix",
+        default=convert["label_suffix"],
+        metavar="SUFFIX",
+        help="how a label image's stem ends, e.g. _masks for cellpose's img_masks.png (default: none)",
+    )
+    p.set_defaults(func=_convert)
+
+
 def _add_train(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """The ``train`` subcommand."""
     p = commands.add_parser(
@@ -232,7 +290,9 @@ def _add_export(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="write a checkpoint as TorchScript or ONNX (one image per call)",
         epilog="The exported model takes one image Tensor[3, H, W] (RGB in [0, 1], any size) and returns "
         "boxes, labels, scores and masks as the model does in eval mode. ONNX bakes model.alpha in (give "
-        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha).",
+        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha). Read its "
+        "images as the model was trained on them: mrrcnn.data.images.read_image(path, intensity=..., "
+        "percentiles=...) with the checkpoint's data.intensity and data.percentiles.",
     )
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
     p.add_argument("--format", required=True, choices=FORMATS, help="torchscript (torch.jit.load) or onnx")
@@ -280,6 +340,13 @@ def _add_demo(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_demo)
 
 
+def _overrides(example: str) -> argparse.ArgumentParser:
+    """The ``KEY=VALUE`` arguments of a command, with an example of overrides that matter to it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; each sets ``func`` to the function that runs it."""
     common = argparse.ArgumentParser(add_help=False)
@@ -287,23 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.lr=0.01 model.alpha=0.5",
-    )
 
     parser = argparse.ArgumentParser(prog="mrrcnn", description="Mask Refining R-CNN on torchvision.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, parents in (
         (_add_synth, [common]),
-        (_add_train, [common, overrides]),
-        (_add_eval, [common, device, overrides]),
+        (_add_convert, [common]),
+        (_add_train, [common, _overrides("train.lr=0.01 train.iterations=5000")]),
+        (_add_eval, [common, device, _overrides("model.alpha=2 eval.mask_threshold=0.4")]),
         (_add_predict, [common, device]),
-        (_add_export, [common, overrides]),
+        (_add_export, [common, _overrides("model.alpha=0.5 model.box_score_thresh=0.3")]),
         (_add_demo, [common]),
     ):
         add(commands, parents)

@@ -6,7 +6,8 @@ A configuration has four sections (see ``mrrcnn/configs/`` for complete examples
 * ``model``: ``name`` (a key of :data:`mrrcnn.models.MODELS`) and that builder's keyword arguments, such
   as ``num_classes``, ``base_weights``, and for MR R-CNN the ablation switches ``alpha``, ``shape_aware``,
   ``refine_cls``, ``refine_reg`` and ``sara_weighting`` (:data:`MODEL_KEYS`);
-* ``data``: ``train`` and ``val`` as ``{images: DIR, annotations: FILE}``, ``hflip``, ``workers``, ``skip_bad``;
+* ``data``: ``train`` and ``val`` as ``{images: DIR, annotations: FILE}``, ``hflip``, ``workers``, ``skip_bad``,
+  and how images are read: ``intensity`` and ``percentiles`` (:func:`mrrcnn.data.images.read_image`);
 * ``train``: the optimisation recipe;
 * ``eval``: ``batch_size``, ``backend``, ``mask_threshold``.
 
@@ -90,6 +91,14 @@ def _numbers(count: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and len(v) == count and all(_number(-math.inf)(x) for x in v)
 
 
+def _percentiles(v: Any) -> bool:
+    return _numbers(2)(v) and 0 <= v[0] < v[1] <= 100
+
+
+# How images are read (mrrcnn.data.images.read_image). The default percentiles are csbdeep's and stardist's.
+INTENSITIES = ("full_range", "percentile")
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
 PROBABILITY = (_number(0.0, 1.0), "a number in [0, 1]")
 FRACTION = (_number(0.0, 1.0, open_low=True), "a number in (0, 1]")
 COUNT = (_int(1), "an integer >= 1")
@@ -103,6 +112,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "hflip": Key(0.5, *PROBABILITY),
         "workers": Key(2, _int(0), "an integer >= 0"),
         "skip_bad": Key(False, *BOOLEAN),
+        "intensity": Key(
+            "full_range",
+            _one_of(*INTENSITIES),
+            "full_range (8-bit images scaled by 255, 16-bit by 65535) or percentile (each image's "
+            "data.percentiles to 0 and 1, as microscopy tools normalise)",
+        ),
+        "percentiles": Key(list(DEFAULT_PERCENTILES), _percentiles, "[low, high], 0 <= low < high <= 100"),
     },
     "train": {
         "output_dir": Key("runs/default", _path, "a folder path"),
@@ -344,15 +360,29 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def validate_overridden(config: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """:func:`validate_config` of ``config`` with ``overrides`` applied. An error names the override at
+    fault (the first without which the error differs), or else ``source``, where ``config`` came from."""
+    overridden = apply_overrides(config, overrides)
+    try:
+        return validate_config(overridden)
+    except ValueError as e:
+        for index, override in enumerate(overrides):
+            others = [o for i, o in enumerate(overrides) if i != index]
+            try:
+                validate_config(apply_overrides(config, others))
+            except ValueError as without:
+                if str(without) == str(e):
+                    continue
+            raise ValueError(f"override {override!r}: {e}") from e
+        raise ValueError(f"{source}: {e}") from e
+
+
 def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Read ``path`` (a file or a shipped config's name, following ``_base_``), apply ``overrides`` and
-    validate the result (:func:`validate_config`); errors name the file."""
+    validate the result (:func:`validate_overridden`); errors name the file or the override at fault."""
     path = resolve_config_path(path)
-    config = apply_overrides(_read(path), overrides or ())
-    try:
-        return validate_config(config)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return validate_overridden(_read(path), overrides or (), str(path))
 
 
 def dump_config(config: dict[str, Any]) -> str:

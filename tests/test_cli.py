@@ -2,16 +2,20 @@
 
 import json
 import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
 from mrrcnn import cli
 from mrrcnn.cli import main
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.engine import demo, export
+from mrrcnn.engine import demo, export, visualize
 from mrrcnn.engine.checkpoint import save_checkpoint
+from mrrcnn.engine.train import Trainer
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
@@ -41,23 +45,26 @@ def assert_error(result: tuple[int, str, str], command: str, *names: str) -> Non
         assert name in lines[0]
 
 
+def data_overrides(data: Path) -> list[str]:
+    """``data.train`` and ``data.val`` overrides for a folder written by ``mrrcnn synth``."""
+    return [
+        f"data.{split}.{key}={data / path}"
+        for split in ("train", "val")
+        for key, path in (("images", split), ("annotations", f"annotations/{split}.json"))
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``mrrcnn synth`` then ``mrrcnn train`` of a maskrcnn_small for 2 iterations."""
     root = tmp_path_factory.mktemp("cli")
     assert main(["synth", str(root / "data"), "--train", "4", "--val", "3", "--image-size", "64"]) == 0
-    data = [
-        f"data.train.images={root / 'data/train'}",
-        f"data.train.annotations={root / 'data/annotations/train.json'}",
-        f"data.val.images={root / 'data/val'}",
-        f"data.val.annotations={root / 'data/annotations/val.json'}",
-    ]
     config = CONFIGS / "maskrcnn_small.yaml"
     argv = [
         "train",
         "--config",
         str(config),
-        *data,
+        *data_overrides(root / "data"),
         *TINY,
         f"train.output_dir={root / 'run'}",
         "--no-progress",
@@ -74,6 +81,35 @@ def test_synth(capsys, tmp_path):
     assert_error(
         run(capsys, "synth", tmp_path, "--train", 1, "--val", 1, "--image-size", 32), "synth", "image_size"
     )
+
+
+def test_convert_label_images_then_train_on_them(capsys, tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        label = np.zeros((64, 64), np.uint16)
+        label[8:30, 8:30], label[8:30, 30:52], label[36:56, 20:44] = 1, 2, 3  # 1 and 2 touch
+        # 16-bit nuclei of small range, as microscopes record them.
+        tifffile.imwrite(
+            images / f"cells{k}.tif", (rng.poisson(10, label.shape) + 200 * (label > 0)).astype(np.uint16)
+        )
+        Image.fromarray(label).save(labels / f"cells{k}.png")
+    status, out, _ = run(capsys, "convert", images, labels, tmp_path / "coco", "--class-name", "nucleus")
+    assert status == 0
+    summary, hint = out.splitlines()
+    coco = tmp_path / "coco"
+    assert summary == (
+        f"train: 2 images, 6 instances of 1 class(es) (nucleus) -> {coco / 'train'}, {coco / 'annotations/train.json'}"
+    )
+    assert hint.startswith("train on it: mrrcnn train --config CONFIG ")
+    assert hint.endswith("model.num_classes=2 data.intensity=percentile")
+    argv = ["train", "--config", "synthetic/maskrcnn_small", *hint.split("CONFIG ")[1].split(), *TINY]
+    assert run(capsys, *argv, f"train.output_dir={tmp_path / 'run'}", "NOPROGRESS")[0] == 0
+    final = torch.load(tmp_path / "run/final.pth", weights_only=True)
+    assert final["categories"] == {1: "nucleus"} and final["config"]["data"]["intensity"] == "percentile"
+    assert_error(run(capsys, "convert", images, tmp_path / "none", coco), "convert", "none: no such folder")
 
 
 def test_train_and_eval(trained, capsys, tmp_path):
@@ -107,6 +143,20 @@ def test_train_and_eval(trained, capsys, tmp_path):
     assert status == 0 and (tmp_path / "given" / "metrics_val.json").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:skipped:UserWarning")
+def test_eval_with_no_image_readable_is_an_error(trained, capsys, tmp_path):
+    # data.skip_bad=true skips unreadable images; when it skips them all there are no metrics to give.
+    broken = tmp_path / "val"
+    broken.mkdir()
+    for image in (trained / "data/val").iterdir():
+        (broken / image.name).write_bytes(b"not an image")
+    argv = ["eval", "--weights", trained / "run/final.pth", "data.skip_bad=true", f"data.val.images={broken}"]
+    assert_error(
+        run(capsys, *argv, "--out", tmp_path), "eval", f"none of the 3 images of {broken} could be read"
+    )
+    assert not (tmp_path / "metrics_val.json").exists()
+
+
 def test_predict(trained, capsys, tmp_path):
     status, out, _ = run(
         capsys,
@@ -138,7 +188,11 @@ def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):
     weights = trained / "run/final.pth"
     config = CONFIGS / "maskrcnn_small.yaml"
     # The README's Table-5 command with a typo, and bad values.
-    assert_error(run(capsys, "eval", "--weights", weights, "model.alhpa=2"), "eval", "did you mean 'alpha'")
+    assert_error(
+        run(capsys, "eval", "--weights", weights, "model.alhpa=2"),
+        "eval",
+        "error: override 'model.alhpa=2': model.alhpa is not a known key; did you mean 'alpha'",
+    )
     assert_error(run(capsys, "train", "--config", config, "model.min_size=abc"), "train", "model.min_size")
     assert_error(run(capsys, "train", "--config", config, "model.min_size=-5"), "train", "model.min_size")
     assert_error(
@@ -175,6 +229,21 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "train", interrupted)
     status, _, err = run(capsys, "train", "--config", "synthetic/maskrcnn_small")
     assert status == 130 and err.strip() == "mrrcnn train: interrupted; nothing written is damaged"
+
+
+def test_ctrl_c_during_training_is_reported_below_the_progress_bar(trained, capsys, tmp_path, monkeypatch):
+    step = Trainer.run_step
+
+    def interrupt_the_second(self, batch):
+        if self.iteration == 1:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "run_step", interrupt_the_second)
+    argv = ["train", "--config", "synthetic/maskrcnn_small", *data_overrides(trained / "data"), *TINY]
+    status, _, err = run(capsys, *argv, f"train.output_dir={tmp_path}")
+    assert status == 130 and "train:  50%" in err
+    assert err.split("\n")[-2:] == ["mrrcnn train: interrupted; nothing written is damaged", ""]
 
 
 @pytest.fixture
@@ -234,6 +303,16 @@ def test_export(trained, capsys, tmp_path, monkeypatch, one_thread):
     assert_error(run(capsys, *argv), "export", "opset must be an integer in 11..20")
 
 
+def test_export_size_beyond_the_machine_is_refused_before_allocating(capsys, tmp_path):
+    config = load_config(CONFIGS / "maskrcnn_small.yaml", TINY[:2])
+    weights = tmp_path / "maskrcnn.pth"
+    save_checkpoint(weights, {"model": build_model(**config["model"]).state_dict(), "config": config})
+    argv = ["export", "--weights", weights, "--format", "onnx", "--out", tmp_path / "m.onnx"]
+    result = run(capsys, *argv, "--image-size", 100000, 100000)
+    assert_error(result, "export", "image_size 100000x100000: tracing holds the image and up to 100 masks")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_demo(capsys, tmp_path, monkeypatch, caplog):
     # The synthetic configs, shrunk so that the demo runs in seconds.
     for name in ("maskrcnn_small.yaml", "maskrcnn_small_finetune.yaml", "mrrcnn_small.yaml"):
@@ -244,6 +323,13 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
             "train: {batch_size: 2}\n"
         )
     monkeypatch.setattr(demo, "CONFIGS", tmp_path)
+    titles = []
+
+    def side_by_side(images, captions, columns):
+        titles.extend(captions)
+        return visualize.side_by_side(images, captions, columns)
+
+    monkeypatch.setattr(demo, "side_by_side", side_by_side)
     out_dir = tmp_path / "demo"
     argv = ["demo", "--out", out_dir, "--train-images", 3, "--val-images", 2, "--image-size", 64]
     argv += ["--iterations", 2, "--finetune-iterations", 1, "--comparison-images", 2]
@@ -261,6 +347,16 @@ def test_demo(capsys, tmp_path, monkeypatch, caplog):
     with Image.open(out_dir / "comparison.png") as figure:
         # Two rows (images) of two columns (models), each picture drawn 3x larger than the 64 px image.
         assert figure.width >= 2 * 3 * 64 and figure.height >= 2 * 3 * 64
+    # Two iterations train nothing: the table and the figure say so rather than show zeros and empty images.
+    said = (
+        "Mask R-CNN, Mask R-CNN +ft, MR R-CNN detected nothing (no detection scoring 0.5 or more on the val"
+    )
+    assert said in out and said in (out_dir / "results.md").read_text()
+    assert (
+        "2 + 1 iterations on 3 images are too few to train a detector, and these numbers mean nothing" in out
+    )
+    assert len(titles) == 4
+    assert all(t.endswith("; nothing detected (too little training to mean anything)") for t in titles)
 
     caplog.set_level(logging.INFO, logger="mrrcnn")
     mtime = (out_dir / "mrrcnn" / "final.pth").stat().st_mtime_ns
@@ -311,6 +407,13 @@ def test_bad_input(trained, capsys, tmp_path, monkeypatch):
         main(["eval"])
     assert exit_info.value.code == 2
     assert "--weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_help_gives_examples_that_apply_to_the_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "train." not in capsys.readouterr().out
 
 
 def test_debug_shows_the_traceback(tmp_path):

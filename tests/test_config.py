@@ -62,6 +62,9 @@ def test_configs_resolve_by_name_with_or_without_suffix_and_by_path(tmp_path, mo
         ("data.train={images: a}", "data.train must be null or a mapping with exactly 'images'"),
         ("train.milestones=[5, 2]", r"train.milestones must increase, got \[5, 2\]"),
         ("train.iterations=0", "train.iterations must be an integer >= 1, got 0"),
+        ("data.intensity=log", "data.intensity must be full_range .* or percentile .*, got 'log'"),
+        ("data.percentiles=[99, 1]", r"data.percentiles must be \[low, high\], 0 <= low < high <= 100"),
+        ("data.percentiles=[1, 101]", r"data.percentiles must be \[low, high\]"),
         (
             "model.trainable_backbone_layers=3",
             "model.trainable_backbone_layers does not apply to model 'mrrcnn_small'",
@@ -71,6 +74,21 @@ def test_configs_resolve_by_name_with_or_without_suffix_and_by_path(tmp_path, mo
 def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("synthetic/mrrcnn_small", [override])
+
+
+def test_an_error_names_the_override_at_fault_or_else_the_file(tmp_path):
+    with pytest.raises(ValueError) as error:
+        load_config("synthetic/maskrcnn_small", ["train.lr=0.1", "train.lrr=1"])
+    assert str(error.value) == "override 'train.lrr=1': train.lrr is not a known key; did you mean 'lr'?"
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {name: maskrcnn_small, num_classes: 3}\ntrain: {lrr: 1}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: train.lrr is not a known key"):
+        load_config(path, ["train.lr=0.1"])
+    # An override that makes a key of the file wrong is the one named.
+    with pytest.raises(
+        ValueError, match=r"^override 'model.name=maskrcnn_small': model.alpha does not apply"
+    ):
+        load_config("synthetic/mrrcnn_small", ["model.name=maskrcnn_small"])
 
 
 def test_mask_rcnn_models_refuse_mr_rcnn_keys():

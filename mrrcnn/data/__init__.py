@@ -1,7 +1,9 @@
-"""Data: COCO-format datasets, detection transforms and the synthetic huddled-instance benchmark."""
+"""Data: COCO-format datasets, detection transforms, the synthetic huddled-instance benchmark, and instance
+label images converted to COCO."""
 
 from .coco import CocoDetection, collate_fn
 from .huddle import HUDDLE_IOU, huddled, huddled_xywh, most_huddled
+from .labels import convert_label_images
 from .synthetic import CLASSES, make_synthetic
 from .transforms import Compose, RandomHorizontalFlip
 
@@ -12,6 +14,7 @@ __all__ = [
     "Compose",
     "RandomHorizontalFlip",
     "collate_fn",
+    "convert_label_images",
     "huddled",
     "huddled_xywh",
     "make_synthetic",

@@ -7,7 +7,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import DEFAULT_PERCENTILES
 from .images import raw_size, read_image
 
 Target = dict[str, Any]
@@ -43,6 +44,7 @@ class CocoDetection(Dataset):
         annotation_file: COCO instances json (``images``, ``annotations``, ``categories``).
         transforms: callable ``(image, target) -> (image, target)`` applied to each loaded sample.
         skip_bad: warn about and skip bad records and image files instead of raising.
+        intensity, percentiles: how images are read (:func:`mrrcnn.data.images.read_image`).
 
     Attributes:
         coco: ``pycocotools.coco.COCO`` over the kept images and their annotations.
@@ -58,11 +60,14 @@ class CocoDetection(Dataset):
         annotation_file: str | Path,
         transforms: Callable[[Tensor, Target], tuple[Tensor, Target]] | None = None,
         skip_bad: bool = False,
+        intensity: str = "full_range",
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     ) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms
         self.skip_bad = skip_bad
+        self.intensity, self.percentiles = intensity, tuple(percentiles)
         self.num_skipped_records = 0
 
         dataset = _read_json(self.annotation_file)
@@ -144,7 +149,7 @@ class CocoDetection(Dataset):
     def _load_image(self, record: dict) -> Tensor:
         path = self.images_dir / record["file_name"]
         name = f"{path} (image id={record['id']} in {self.annotation_file})"
-        image = read_image(path, name)
+        image = read_image(path, name, self.intensity, self.percentiles)
         height, width = image.shape[1:]
         if (width, height) != (record["width"], record["height"]):
             stored = raw_size(path)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import apply_overrides, validate_config
+from ..config import validate_overridden
 from ..models import build_model
 from ..models.builders import zero_frozen_batch_norm_eps
 
@@ -176,11 +176,12 @@ def load_model(
     checkpoint = load_checkpoint(weights)
     if not isinstance(checkpoint.get("model"), dict):
         raise ValueError(f"{weights}: checkpoint holds no 'model' state_dict")
+    source = "the configuration given"
     if config is None:
-        config = checkpoint.get("config")
+        config, source = checkpoint.get("config"), f"{weights}: its configuration"
         if not isinstance(config, dict) or "name" not in (config.get("model") or {}):
             raise ValueError(f"{weights}: checkpoint carries no run configuration; give one (--config)")
-    config = validate_config(apply_overrides(config, overrides))
+    config = validate_overridden(config, overrides, source)
     kwargs = dict(config["model"])
     base = kwargs.get("base_weights")
     # The checkpoint holds every weight. A model started from pretrained weights has frozen batch norms,

@@ -78,10 +78,15 @@ def _load_results(results: list[dict] | str | Path, gt: dict, iou_types: Sequenc
     for i, record in enumerate(results):
         if not isinstance(record, dict) or not needed <= record.keys():
             raise ValueError(f"{name}: record {i} needs {sorted(needed)} to evaluate {list(iou_types)}")
-        if record["image_id"] not in image_ids or record["category_id"] not in category_ids:
+        if record["image_id"] not in image_ids:
             raise ValueError(
-                f"{name}: record {i} has image_id {record['image_id']} and category_id "
-                f"{record['category_id']}, not both in the ground truth"
+                f"{name}: record {i} has image_id {record['image_id']}, not an image of the ground truth"
+            )
+        if record["category_id"] not in category_ids:
+            raise ValueError(
+                f"{name}: record {i} has category_id {record['category_id']}, not a category of the ground "
+                f"truth (its ids: {sorted(category_ids)}): the results are of other categories than the ground "
+                "truth's"
             )
     return results
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ RUNS = (
 )
 # The figure compares the method with its equal-compute control.
 FIGURE_MODELS = ("Mask R-CNN +ft", "MR R-CNN")
+# The least score of a detection that the figure draws.
+DRAWN_SCORE = 0.5
 # The comparison's rows: overall, then on huddled and isolated instances.
 TABLE_KEYS = tuple(
     f"{subset}{iou_type}/{metric}"
@@ -125,13 +128,22 @@ def run_demo(
     weights = _train_runs(out_dir, data, iterations, finetune_iterations, seed, progress)
 
     logger.info("[4/6] evaluating on val")
-    models, metrics = {}, {}
+    models, metrics, blind = {}, {}, []
     for title, folder, _, _ in RUNS:
         models[title], config, _ = load_model(weights[title])
         metrics[title] = evaluate_model(models[title], config, "val", out_dir / folder, progress=progress)
+        records = json.loads((out_dir / folder / "results_val.json").read_text())
+        if not any(record["score"] >= DRAWN_SCORE for record in records):
+            blind.append(title)
 
     logger.info("[5/6] results")
     table = format_table({title: {key: m[key] for key in TABLE_KEYS} for title, m in metrics.items()})
+    if blind:
+        table += (
+            f"\n{', '.join(blind)} detected nothing (no detection scoring {DRAWN_SCORE} or more on the val "
+            f"images): {iterations} + {finetune_iterations} iterations on {train_images} images are too few "
+            "to train a detector, and these numbers mean nothing. The defaults (mrrcnn demo) train enough.\n"
+        )
     results = out_dir / "results.md"
     results.write_text(
         f"# MR R-CNN vs Mask R-CNN, synthetic huddled benchmark\n\n"
@@ -144,7 +156,7 @@ def run_demo(
 
     comparison = out_dir / "comparison.png"
     logger.info("[6/6] comparison on the most huddled val images -> %s", comparison)
-    _comparison_figure(models, data["val"], comparison_images).save(comparison)
+    _comparison_figure(models, data["val"], comparison_images, blind).save(comparison)
     logger.info("done in %.1f minutes: %s, %s", (time.perf_counter() - started) / 60, results, comparison)
     return {
         "metrics": metrics,
@@ -177,8 +189,11 @@ def _train_runs(
     return weights
 
 
-def _comparison_figure(models: dict[str, torch.nn.Module], val: dict[str, Any], num_images: int) -> Image:
-    """``FIGURE_MODELS``' predictions side by side on the ``num_images`` most huddled images of ``val``.
+def _comparison_figure(
+    models: dict[str, torch.nn.Module], val: dict[str, Any], num_images: int, blind: list[str]
+) -> Image:
+    """``FIGURE_MODELS``' predictions side by side on the ``num_images`` most huddled images of ``val``; a
+    picture without detections says so, and of the ``blind`` models (none on any val image) why.
 
     ``val`` is the split's entry of :func:`mrrcnn.data.make_synthetic`'s result.
     """
@@ -191,6 +206,8 @@ def _comparison_figure(models: dict[str, torch.nn.Module], val: dict[str, Any], 
             for title in FIGURE_MODELS:
                 model = models[title]
                 output = model([image.to(next(model.parameters()).device)])[0]
-                pictures.append(draw_predictions(image, output, dataset.categories, scale=3.0))
-                titles.append(f"{title}: {file_name} ({num_huddled} huddled)")
+                pictures.append(draw_predictions(image, output, dataset.categories, DRAWN_SCORE, scale=3.0))
+                empty = "" if (output["scores"] >= DRAWN_SCORE).any() else "; nothing detected"
+                why = " (too little training to mean anything)" if empty and title in blind else ""
+                titles.append(f"{title}: {file_name} ({num_huddled} huddled){empty}{why}")
     return side_by_side(pictures, titles, columns=len(FIGURE_MODELS))

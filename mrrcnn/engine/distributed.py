@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,8 @@ def init_distributed(device: str | None = None) -> bool:
     process it starts, on every node, so multi-node runs need nothing more. The backend is NCCL when CUDA
     is available and ``device`` is not ``"cpu"``, each process then using GPU ``LOCAL_RANK``, and gloo
     otherwise. Nothing happens without those variables (a plain ``python`` launch) or when a process group
-    exists already.
+    exists already. A run that ``torchrun --max-restarts`` restarted on one node gets store keys of its own
+    (:func:`_restart_store`).
 
     Returns:
         Whether this call created the process group, which its caller then ends with :func:`cleanup`.
@@ -36,10 +38,32 @@ def init_distributed(device: str | None = None) -> bool:
                 "processes per node (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl")
+    backend, store = "nccl" if _use_cuda(device) else "gloo", _restart_store()
+    if store is None:
+        dist.init_process_group(backend)
     else:
-        dist.init_process_group("gloo")
+        # Given a store, torch is told the rank and world size too.
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     return True
+
+
+def _restart_store() -> dist.Store | None:
+    """The store for the process group of a run that ``torchrun --max-restarts`` restarted on one node, or
+    None to let torch make its own.
+
+    torchrun's agent serves one TCP store to every attempt it starts (``TORCHELASTIC_USE_AGENT_STORE``), and
+    the keys the previous attempt's process group left there would make this one connect to dead processes
+    (gloo: "Connection refused"; seen with PyTorch 2.14, pytorch/pytorch#135712). Each restart gets keys of
+    its own. With several agents (nodes) the restart counts differ between nodes: there
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun gives every attempt a fresh store instead.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if restart == "0" or not shared or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    return dist.PrefixStore(f"mrrcnn/restart_{restart}", store)
 
 
 def cleanup() -> None:
@@ -77,6 +101,15 @@ def device(kind: str | None = None) -> torch.device:
     """This process's device: GPU ``LOCAL_RANK`` when CUDA is available and ``kind`` is not ``"cpu"``,
     else the CPU."""
     return torch.device("cuda", local_rank()) if _use_cuda(kind) else torch.device("cpu")
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` itself in a single process); picklable objects only."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..config import DEFAULT_PERCENTILES
 from ..data import CocoDetection, collate_fn
 from .checkpoint import resolve_device
 from .coco_eval import DEFAULT_BACKEND, evaluate_split
@@ -53,8 +54,9 @@ def evaluate_model(
 
     Args:
         model: a torchvision-style detection model (or its ``DistributedDataParallel`` wrapper).
-        config: the run configuration; reads ``data[split]``, ``data.workers``, ``data.skip_bad`` and
-            ``eval`` (``batch_size``, ``backend``, ``mask_threshold``).
+        config: the run configuration; reads ``data[split]``, ``data.workers``, ``data.skip_bad``,
+            ``data.intensity``, ``data.percentiles`` and ``eval`` (``batch_size``, ``backend``,
+            ``mask_threshold``).
         split: a key of ``config["data"]`` holding ``{images, annotations}``.
         output_dir: if given, rank 0 writes ``results_{split}.json`` (COCO results records) and
             ``metrics_{split}.json`` (the metrics, NaN written as null) there.
@@ -76,7 +78,11 @@ def evaluate_model(
         )
     eval_config = config.get("eval", {})
     dataset = CocoDetection(
-        data["images"], data["annotations"], skip_bad=config["data"].get("skip_bad", False)
+        data["images"],
+        data["annotations"],
+        skip_bad=config["data"].get("skip_bad", False),
+        intensity=config["data"].get("intensity", "full_range"),
+        percentiles=config["data"].get("percentiles", DEFAULT_PERCENTILES),
     )
     this_rank, world = rank(), world_size()
     loader = DataLoader(
@@ -90,13 +96,11 @@ def evaluate_model(
         model = model.module
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    records, image_ids = _predict_records(
-        model,
-        tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0),
-        device,
-        eval_config.get("mask_threshold", 0.5),
-        oracle_masks,
-    )
+    # Closed however the loop ends, so that an error or Ctrl-C is reported on a line of its own.
+    with tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0) as batches:
+        records, image_ids = _predict_records(
+            model, batches, device, eval_config.get("mask_threshold", 0.5), oracle_masks
+        )
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, (records, image_ids))
@@ -105,6 +109,7 @@ def evaluate_model(
         records = [r for shard_records, _ in gathered for r in shard_records]
         image_ids = [i for _, shard_ids in gathered for i in shard_ids]
 
+    _check_evaluable(dataset, data, image_ids, records)
     gt = _evaluated_ground_truth(dataset.coco.dataset, image_ids, data["images"])
     metrics = evaluate_split(gt, records, backend=eval_config.get("backend") or DEFAULT_BACKEND)
     if output_dir is not None:
@@ -145,6 +150,28 @@ def _predict_records(
     finally:
         model.train(was_training)
     return records, image_ids
+
+
+def _check_evaluable(
+    dataset: CocoDetection, data: dict[str, str], image_ids: list[int], records: list[dict]
+) -> None:
+    """Refuse an evaluation without images read (all skipped under ``data.skip_bad``), or of detections
+    whose categories the ground truth does not have (a model trained on other categories)."""
+    if not image_ids:
+        unread = (
+            f"none of the {len(dataset)} images of {data['images']} could be read (data.skip_bad skipped "
+            "them all; the warnings name each)"
+        )
+        raise ValueError(
+            f"{unread if len(dataset) else data['annotations'] + ' holds no image'}: nothing to evaluate"
+        )
+    unknown = sorted({record["category_id"] for record in records} - dataset.categories.keys())
+    if unknown:
+        raise ValueError(
+            f"the model predicts category id(s) {unknown}, which {data['annotations']} does not have (its "
+            f"category ids: {sorted(dataset.categories)}): the model was trained on other categories than "
+            "this ground truth's; evaluate it on data with the category ids it was trained on"
+        )
 
 
 def _evaluated_ground_truth(gt: dict[str, Any], image_ids: list[int], images_dir: str) -> dict[str, Any]:

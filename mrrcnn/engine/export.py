@@ -12,6 +12,10 @@ threshold and NMS, the refined masks pasted into the image (``masks``: ``Tensor[
 probabilities). ONNX bakes ``alpha`` and the thresholds in (re-export with ``model.alpha=X`` to change
 them); TorchScript keeps them as attributes (``detector.model.roi_heads.alpha = X``).
 
+The graph does not normalise intensities: give it images as the model was trained on them,
+``mrrcnn.data.images.read_image(path, intensity=..., percentiles=...)`` with the checkpoint's
+``data.intensity`` and ``data.percentiles`` (as ``mrrcnn predict`` and ``eval`` read them).
+
 Export traces (ONNX, ``torch.onnx.export(dynamo=False)``, as torchvision exports Mask R-CNN) or scripts
 (TorchScript) the model; while it does, RoI pooling switches to
 :func:`~mrrcnn.ops.exportable.exportable_shape_aware_roi_align` (RoIAlign, Resize, Mul, AveragePool).
@@ -127,6 +131,24 @@ def _check_arguments(fmt: str, image_size: Sequence[int], opset: int) -> None:
         raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
 
 
+def _check_memory(model: MaskRCNN, image_size: Sequence[int]) -> None:
+    """Refuse, before allocating anything, an example image that tracing cannot hold in this machine's
+    memory: the image and its detections' masks pasted at full size, float32 each."""
+    height, width = image_size
+    planes = 3 + model.roi_heads.detections_per_img
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows): left to the allocator
+        return
+    if 4 * height * width * planes > total:
+        raise ValueError(
+            f"image_size {height}x{width}: tracing holds the image and up to {planes - 3} masks of its size in "
+            f"float32, {4 * height * width * planes / 2**30:.0f} GiB, more than this machine's "
+            f"{total / 2**30:.0f} GiB of memory; give a smaller image_size (--image-size): the exported model "
+            "takes images of any size"
+        )
+
+
 def export_model(
     model: MaskRCNN,
     out: str | Path,
@@ -151,6 +173,8 @@ def export_model(
     check_exportable(model)
     image_size = image_size or default_image_size(model)
     _check_arguments(fmt, image_size, opset)
+    if fmt == "onnx":
+        _check_memory(model, image_size)
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise ValueError("ONNX export needs the onnx package: pip install 'mrrcnn[export]'")
     detector = SingleImageDetector(copy.deepcopy(model).cpu().eval())

@@ -14,18 +14,17 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..data.images import read_image
+from ..data.images import IMAGE_SUFFIXES, read_image
 from .checkpoint import load_model
 from .results import to_coco_results
 from .visualize import draw_predictions
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-
 
 def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The files named in ``inputs`` and the images (by suffix) inside the folders named, sorted."""
+    """The files named in ``inputs`` and the images (by suffix) inside the folders named, sorted; one
+    warning per folder names what else it holds, which is skipped."""
     files: list[Path] = []
     for entry in map(Path, inputs):
         if entry.is_dir():
@@ -33,6 +32,16 @@ def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise ValueError(f"{entry}: folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
+            skipped = sorted(
+                f"{p.name}/" if p.is_dir() else p.name for p in entry.iterdir() if p not in found
+            )
+            if skipped:
+                logger.warning(
+                    "%s: skipped %s (not image files by their suffix, %s; folders are not searched)",
+                    entry,
+                    ", ".join(skipped),
+                    ", ".join(IMAGE_SUFFIXES),
+                )
         elif entry.is_file():
             files.append(entry)
         else:
@@ -89,7 +98,8 @@ def predict(
         weights: an mrrcnn checkpoint.
         inputs: image files and folders (their images, by suffix, in name order).
         out_dir: output folder, created if needed.
-        config: run configuration to build the model from instead of the checkpoint's.
+        config: run configuration to build the model from instead of the checkpoint's; images are read
+            as its ``data.intensity`` and ``data.percentiles`` say, as in training.
         score_threshold: the least score of a detection kept.
         device: where to run (default: CUDA if available, else the CPU).
         batch_size: images per forward pass.
@@ -111,6 +121,8 @@ def predict(
     model, config, categories = load_model(weights, config, device, overrides)
     device = next(model.parameters()).device
     mask_threshold = config.get("eval", {}).get("mask_threshold", 0.5)
+    # As the model was trained: read as data.intensity says.
+    reading = {"intensity": config["data"]["intensity"], "percentiles": config["data"]["percentiles"]}
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images: list[dict] = []
@@ -118,7 +130,7 @@ def predict(
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, torch.no_grad():
         for start in range(0, len(files), batch_size):
             batch = [
-                (start + k + 1, path, read_image(path))
+                (start + k + 1, path, read_image(path, **reading))
                 for k, path in enumerate(files[start : start + batch_size])
             ]
             for _, path, image in batch:

@@ -132,7 +132,13 @@ def _training_data(config: dict[str, Any], num_classes: int) -> CocoDetection:
     data = config["data"]
     if data["train"] is None:
         raise ValueError("data.train must name the training images and annotations, got null")
-    dataset = CocoDetection(data["train"]["images"], data["train"]["annotations"], skip_bad=data["skip_bad"])
+    dataset = CocoDetection(
+        data["train"]["images"],
+        data["train"]["annotations"],
+        skip_bad=data["skip_bad"],
+        intensity=data["intensity"],
+        percentiles=data["percentiles"],
+    )
     if len(dataset) == 0:
         raise ValueError(f"{data['train']['annotations']}: no training images")
     if dataset.num_classes > num_classes:
@@ -399,43 +405,48 @@ def _fit(trainer: Trainer, output_dir: Path, writer: SummaryWriter | None, progr
     start, last_path = trainer.iteration, output_dir / "last.pth"
     saved_at, meter, started = start or None, _LossMeter(), time.perf_counter()
     batches = trainer.batches()
-    bar = tqdm(
+    # Closed however the loop ends, so that an error or Ctrl-C is reported on a line of its own.
+    with tqdm(
         total=cfg["iterations"],
         initial=start,
         desc="train",
         unit="it",
         disable=not (progress and trainer.rank == 0),
-    )
-    while trainer.iteration < cfg["iterations"]:
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        try:
-            values = trainer.run_step(next(batches))
-        except FloatingPointError as e:
-            kept = f"{last_path} (iteration {saved_at}) is kept" if saved_at else "no checkpoint was written"
-            raise FloatingPointError(
-                f"{e}; training stopped and {kept}. A lower train.lr or a longer warmup (train.warmup_iters) may help."
-            ) from e
-        if values is None:
-            if trainer.rank == 0:
-                logger.warning("iteration %d: no image of a batch could be read; no step", trainer.iteration)
-        else:
-            meter.add(values)
-            bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
-        bar.update()
-        done = trainer.iteration
-        if done % cfg["log_every"] == 0:
-            eta = (
-                None
-                if progress
-                else (time.perf_counter() - started) / (done - start) * (cfg["iterations"] - done)
-            )
-            _log(trainer, meter, writer, lr, eta)
-        if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0:
-            _save(trainer, last_path)
-            saved_at = done
-        if cfg["eval_every"] and done % cfg["eval_every"] == 0:
-            _evaluate(trainer, writer)
-    bar.close()
+    ) as bar:
+        while trainer.iteration < cfg["iterations"]:
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            try:
+                values = trainer.run_step(next(batches))
+            except FloatingPointError as e:
+                kept = (
+                    f"{last_path} (iteration {saved_at}) is kept" if saved_at else "no checkpoint was written"
+                )
+                raise FloatingPointError(
+                    f"{e}; training stopped and {kept}. A lower train.lr or a longer warmup "
+                    "(train.warmup_iters) may help."
+                ) from e
+            if values is None:
+                if trainer.rank == 0:
+                    logger.warning(
+                        "iteration %d: no image of a batch could be read; no step", trainer.iteration
+                    )
+            else:
+                meter.add(values)
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+            done = trainer.iteration
+            if done % cfg["log_every"] == 0:
+                eta = (
+                    None
+                    if progress
+                    else (time.perf_counter() - started) / (done - start) * (cfg["iterations"] - done)
+                )
+                _log(trainer, meter, writer, lr, eta)
+            if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0:
+                _save(trainer, last_path)
+                saved_at = done
+            if cfg["eval_every"] and done % cfg["eval_every"] == 0:
+                _evaluate(trainer, writer)
     if saved_at != cfg["iterations"]:
         _save(trainer, last_path)
 
@@ -460,8 +471,10 @@ def train(config: dict[str, Any], resume: bool = False, progress: bool = True) -
 
     Args:
         config: a configuration as :func:`mrrcnn.config.load_config` returns it.
-        resume: continue from ``output_dir/last.pth``, exactly as if never interrupted; only
-            ``train.iterations`` (and the folder's name) may differ from the saved configuration.
+        resume: continue from ``output_dir/last.pth`` if it exists, exactly as if never interrupted (only
+            ``train.iterations`` and the folder's name may differ from the saved configuration), and start
+            fresh if it does not, as detectron2's ``--resume`` does: a run restarted by
+            ``torchrun --max-restarts`` picks up where it stopped. One log line says which happened.
         progress: show a progress bar (rank 0); otherwise log a line every ``log_every`` iterations.
 
     Returns:
@@ -483,15 +496,29 @@ def train(config: dict[str, Any], resume: bool = False, progress: bool = True) -
             du.cleanup()
 
 
+def _resume_state(last: Path, resume: bool, main: bool) -> dict[str, Any] | None:
+    """``last``'s state if resuming from it, None to start fresh, and one line saying which.
+
+    Every process goes by whether rank 0 sees ``last``: processes that disagreed would run different
+    iterations and hang; one that cannot read it fails naming it."""
+    exists = du.broadcast_object(last.exists())
+    if resume and exists:
+        state = load_checkpoint(last)
+        if main:
+            logger.info("resuming from %s at iteration %d", last, state["iteration"])
+        return state
+    if main and resume:
+        logger.info("no %s yet: starting fresh", last)
+    elif main and exists:
+        logger.warning("%s exists and will be overwritten (mrrcnn train --resume continues it)", last)
+    return None
+
+
 def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: bool) -> Path:
     main = du.is_main_process()
-    state = load_checkpoint(output_dir / "last.pth") if resume else None
+    state = _resume_state(output_dir / "last.pth", resume, main)
     if state is not None:
         _check_resumable(state, config, output_dir / "last.pth")
-    elif main and (output_dir / "last.pth").exists():
-        logger.warning(
-            "%s exists and will be overwritten (pass resume=True to continue it)", output_dir / "last.pth"
-        )
     trainer = Trainer(config, du.device(config["train"]["device"]))
     if state is not None:
         trainer.load_state_dict(state)
@@ -500,11 +527,9 @@ def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: boo
         remove_stale_temporaries(output_dir)
         (output_dir / "config.yaml").write_text(dump_config(config))
         writer = SummaryWriter(str(output_dir / "tb"), purge_step=trainer.iteration)
-        if config["train"]["amp"] and not trainer.use_amp:
-            logger.info("train.amp is on, but training runs on the CPU: in float32")
         logger.info(
             "training %s (%.2fM trainable parameters) on %d image(s), iterations %d to %d, %d process(es) x %d "
-            "image(s) per iteration, on %s",
+            "image(s) per iteration, on %s in %s",
             config["model"]["name"],
             sum(p.numel() for p in trainer.model.parameters() if p.requires_grad) / 1e6,
             len(trainer.dataset),
@@ -513,6 +538,8 @@ def _train(config: dict[str, Any], output_dir: Path, resume: bool, progress: boo
             trainer.world,
             config["train"]["batch_size"],
             trainer.device,
+            # train.amp applies to CUDA only: on the CPU float32 is what the user gets, said here once.
+            "AMP" if trainer.use_amp else "float32",
         )
     if state is not None:
         trainer.restore_rng(state)

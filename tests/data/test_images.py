@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +53,39 @@ def test_unreadable_file_is_named(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ValueError, match="my picture: cannot read image"):
         read_image(tmp_path / "broken.png", "my picture")
+
+
+def nuclei_like(tmp_path) -> Path:
+    """A 16-bit microscopy-like image: dim background, brighter blobs, values 0-235 (as stardist's nuclei)."""
+    rng = np.random.default_rng(0)
+    values = rng.poisson(20, (64, 96)).astype(np.float64)
+    yy, xx = np.mgrid[:64, :96]
+    for y, x in rng.integers(8, 56, (12, 2)):
+        values += 180 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30)
+    path = tmp_path / "nuclei.png"
+    Image.fromarray(values.clip(0, 235).astype(np.uint16)).save(path)
+    return path
+
+
+def test_percentile_intensity_stretches_a_dim_16_bit_image(tmp_path):
+    path = nuclei_like(tmp_path)
+    # The default is unchanged: 16-bit scaled by 65535, nearly black.
+    assert float(read_image(path).max()) == pytest.approx(235 / 65535)
+    image = read_image(path, intensity="percentile")
+    assert image.shape == (3, 64, 96) and image.dtype == torch.float32
+    assert float(image.min()) == 0.0 and float(image.max()) == 1.0
+    assert float(image.quantile(0.01)) < 0.01 and float(image.quantile(0.998)) > 0.99
+    # Other percentiles: more of the image saturates.
+    assert (read_image(path, intensity="percentile", percentiles=(1, 90)) == 1).float().mean() >= 0.09
+
+
+def test_percentile_intensity_per_channel_and_of_a_flat_image(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = np.arange(20).reshape(4, 5)  # red 0..19, green flat at 7, blue 0
+    rgb[..., 1] = 7
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    image = read_image(tmp_path / "rgb.png", intensity="percentile", percentiles=(0, 100))
+    torch.testing.assert_close(image[0], torch.arange(20.0).reshape(4, 5) / 19)
+    assert not image[1:].any()  # a flat channel has no contrast to stretch
+    with pytest.raises(ValueError, match="intensity must be full_range or percentile, got 'log'"):
+        read_image(tmp_path / "rgb.png", intensity="log")

@@ -165,8 +165,13 @@ def test_bad_input(tmp_path):
     gt = ground_truth(HUDDLE)
     path = tmp_path / "results.json"
     path.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
-    with pytest.raises(ValueError, match=r"results\.json: record 0 has image_id 7"):
+    with pytest.raises(ValueError, match=r"results\.json: record 0 has image_id 7, not an image of"):
         evaluate(gt, path, iou_types=("bbox",))
+    other = [{"image_id": 1, "category_id": 9, "bbox": [0, 0, 1, 1], "score": 1.0}]
+    with pytest.raises(
+        ValueError, match=r"category_id 9, not a category of the ground truth \(its ids: \[1, 2\]\)"
+    ):
+        evaluate(gt, other, iou_types=("bbox",))
     with pytest.raises(ValueError, match=r"record 0 needs .*segmentation"):
         evaluate(gt, path)
     with pytest.raises(ValueError, match="backend"):

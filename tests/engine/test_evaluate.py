@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.multiprocessing as mp
 from torchvision.ops import FrozenBatchNorm2d
 
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.data import make_synthetic
+from mrrcnn.data import coco, images, make_synthetic
 from mrrcnn.engine.checkpoint import load_model, resolve_device, save_checkpoint
 from mrrcnn.engine.coco_eval import IOU_TYPES, METRICS, SUBSETS
 from mrrcnn.engine.evaluate import evaluate_model
@@ -58,9 +59,36 @@ def test_evaluate_model(model, config, tmp_path):
     assert written == {k: None if math.isnan(v) else v for k, v in metrics.items()}
 
 
+def test_evaluate_model_reads_images_as_the_config_says(model, config, monkeypatch):
+    read = []
+
+    def read_image(path, name, intensity, percentiles):
+        read.append((intensity, percentiles))
+        return images.read_image(path, name, intensity, percentiles)
+
+    monkeypatch.setattr(coco, "read_image", read_image)
+    percentile = {**config, "data": {**config["data"], "intensity": "percentile", "percentiles": [2, 98]}}
+    evaluate_model(model, percentile, "val", progress=False)
+    assert read == [("percentile", (2, 98))] * 3
+
+
 def test_evaluate_model_bad_split(model, config):
     with pytest.raises(ValueError, match="data.test"):
         evaluate_model(model, config, "test", progress=False)
+
+
+def test_a_model_of_other_categories_is_named_as_such(model, config, tmp_path):
+    gt = json.loads(Path(config["data"]["val"]["annotations"]).read_text())
+    shift = {"categories": "id", "annotations": "category_id"}
+    for key, field in shift.items():
+        for record in gt[key]:
+            record[field] += 10
+    (tmp_path / "other.json").write_text(json.dumps(gt))
+    other = {**config, "data": {**config["data"], "val": {**config["data"]["val"]}}}
+    other["data"]["val"]["annotations"] = str(tmp_path / "other.json")
+    predicts = r"the model predicts category id\(s\) \[.*\], which .*other.json does not have"
+    with pytest.raises(ValueError, match=predicts + r" \(its category ids: \[11, 12, 13, 14, 15\]\)"):
+        evaluate_model(model, other, "val", progress=False)
 
 
 def _shard(rank: int, world: int, init: str, state: dict, config: dict, out: str) -> None:

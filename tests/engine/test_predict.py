@@ -1,7 +1,9 @@
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,11 +16,12 @@ from mrrcnn.engine.predict import predict
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
+TINY = ["model.min_size=64", "model.max_size=64"]
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    config = load_config(CONFIGS / "maskrcnn_small.yaml", ["model.min_size=64", "model.max_size=64"])
+    config = load_config(CONFIGS / "maskrcnn_small.yaml", TINY)
     torch.manual_seed(0)
     model = build_model(**config["model"])
     path = tmp_path_factory.mktemp("run") / "final.pth"
@@ -66,6 +69,32 @@ def test_predict(weights, images, tmp_path):
         [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")} for a in annotations]
     )
     assert [results.anns[i + 1]["area"] for i in range(len(annotations))] == [a["area"] for a in annotations]
+
+
+def test_predict_names_what_it_skips_in_a_folder(weights, images, tmp_path, caplog):
+    folder = tmp_path / "in"
+    shutil.copytree(images, folder)
+    (folder / "notes.txt").write_text("")
+    (folder / "more").mkdir()
+    with caplog.at_level(logging.WARNING, logger="mrrcnn"):
+        path = predict(weights, [folder], tmp_path / "out", device="cpu", progress=False)
+    assert len(json.loads(path.read_text())["images"]) == 3
+    assert f"{folder}: skipped more/, notes.txt (not image files by their suffix, .bmp," in caplog.text
+
+
+@pytest.mark.parametrize("intensity", ["full_range", "percentile"])
+def test_predict_reads_images_as_the_model_was_trained(intensity, tmp_path):
+    config = load_config(CONFIGS / "maskrcnn_small.yaml", TINY + [f"data.intensity={intensity}"])
+    weights = tmp_path / "final.pth"
+    save_checkpoint(weights, {"model": build_model(**config["model"]).state_dict(), "config": config})
+    dim = np.zeros((64, 64), np.uint16)
+    dim[16:48, 16:48] = 235  # a 16-bit microscopy image's small range
+    Image.fromarray(dim).save(tmp_path / "dim.png")
+    predict(
+        weights, [tmp_path / "dim.png"], tmp_path / "out", score_threshold=2, device="cpu", progress=False
+    )
+    with Image.open(tmp_path / "out" / "dim.png") as drawn:
+        assert np.asarray(drawn.convert("L")).max() == (255 if intensity == "percentile" else 1)
 
 
 def test_predict_threshold_above_every_score(weights, images, tmp_path):

@@ -159,9 +159,22 @@ def test_resume_refuses_a_changed_config(trained):
     assert (trained / "last.pth").stat().st_mtime_ns == before
 
 
-def test_resume_without_checkpoint(data, tmp_path):
-    with pytest.raises(ValueError, match="last.pth does not exist"):
-        train(make_config(data, tmp_path), resume=True, progress=False)
+def test_resume_starts_fresh_without_a_checkpoint_and_says_which_it_did(data, tmp_path, caplog):
+    # As detectron2's --resume: what a run restarted by torchrun --max-restarts needs.
+    config = make_config(data, tmp_path, "train.iterations=1")
+    with caplog.at_level(logging.INFO, logger="mrrcnn"):
+        assert load_checkpoint(train(config, resume=True, progress=False))["iteration"] == 1
+    assert f"no {tmp_path / 'run' / 'last.pth'} yet: starting fresh" in caplog.text
+    # On the CPU, train.amp (on by default) has no effect: the one training line says so, no note of its own.
+    assert "on cpu in float32" in caplog.text and "train.amp" not in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mrrcnn"):
+        train(config, progress=False)
+    assert "last.pth exists and will be overwritten (mrrcnn train --resume continues it)" in caplog.text
+    with caplog.at_level(logging.INFO, logger="mrrcnn"):
+        train({**config, "train": {**config["train"], "iterations": 2}}, resume=True, progress=False)
+    assert f"resuming from {tmp_path / 'run' / 'last.pth'} at iteration 1" in caplog.text
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
