@@ -50,6 +50,15 @@ def zero_frozen_batch_norm_eps(model: nn.Module) -> None:
             module.eps = 0.0
 
 
+def _channels_last_heads(model: MaskRCNN) -> MaskRCNN:
+    """``model`` with its RoI heads' conv weights channels-last, as the pooled features they read: the
+    weight gradients then come back in their weights' layout, which autograd would otherwise copy each step
+    (3x3 kernels) and DDP's buckets warn about (1x1 kernels, "Grad strides do not match bucket view
+    strides")."""
+    model.roi_heads.to(memory_format=torch.channels_last)
+    return model
+
+
 def _fast_poolers() -> dict[str, MultiScaleShapeAwareRoIAlign]:
     names = ["0", "1", "2", "3"]
     return {
@@ -149,7 +158,7 @@ def _build_fpn(
     _load_base(model, base_weights, coco_enum, progress)
     if refining:
         model.init_refining_from_base()
-    return model
+    return _channels_last_heads(model)
 
 
 def _build_small(
@@ -191,7 +200,7 @@ def _build_small(
     _load_base(model, base_weights, None, progress=False)
     if refining:
         model.init_refining_from_base()
-    return model
+    return _channels_last_heads(model)
 
 
 def mrrcnn_resnet50_fpn(**kwargs: Any) -> MaskRefiningRCNN:

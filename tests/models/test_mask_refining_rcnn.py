@@ -280,3 +280,18 @@ def test_ground_truth_sara_masks_train_and_read_the_targets():
         predicted = model(images)
     assert len(with_truth) == 2 and set(with_truth[0]) == {"boxes", "labels", "scores", "masks"}
     assert not torch.equal(with_truth[0]["scores"], predicted[0]["scores"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("builder", [maskrcnn_small, mrrcnn_small])
+def test_gradients_come_back_in_their_parameters_layout(builder, threads):
+    # DDP warns "Grad strides do not match bucket view strides" otherwise (1x1 convolutions of the heads,
+    # whose gradients follow the channels-last pooled features; with 2 threads on the CPU).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = builder(**SMALL)
+        sum(train_losses(model).values()).backward()
+    finally:
+        torch.set_num_threads(previous)
+    assert not [n for n, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
