@@ -28,7 +28,7 @@ from .engine.checkpoint import load_model
 from .engine.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
 from .engine.evaluate import evaluate_model
-from .engine.export import DEFAULT_OPSET, FORMATS, export_checkpoint
+from .engine.export import DEFAULT_OPSET, FORMATS, OPSETS, export_checkpoint
 from .engine.predict import predict
 from .engine.train import train
 
@@ -287,31 +287,37 @@ def _add_export(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "export",
         parents=parents,
-        help="write a checkpoint as TorchScript or ONNX (one image per call)",
+        help="write a checkpoint as an ExportedProgram, ONNX or TorchScript (one image per call)",
         epilog="The exported model takes one image Tensor[3, H, W] (RGB in [0, 1], any size) and returns "
-        "boxes, labels, scores and masks as the model does in eval mode. ONNX bakes model.alpha in (give "
-        "model.alpha=X to export another); TorchScript keeps it settable (model.roi_heads.alpha). Read its "
-        "images as the model was trained on them: mrrcnn.data.images.read_image(path, intensity=..., "
-        "percentiles=...) with the checkpoint's data.intensity and data.percentiles.",
+        "boxes, labels, scores and masks as the model does in eval mode. exported-program and the ONNX "
+        "formats bake model.alpha in (give model.alpha=X to export another); TorchScript keeps it settable "
+        "(model.roi_heads.alpha). An exported program loads with torch.export.load after import mrrcnn.ops. "
+        "Read its images as the model was trained on them: mrrcnn.data.images.read_image(path, "
+        "intensity=..., percentiles=...) with the checkpoint's data.intensity and data.percentiles.",
     )
     p.add_argument("--weights", required=True, type=Path, help="checkpoint (.pth)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="torchscript (torch.jit.load) or onnx")
-    p.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.pt or model.onnx")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="exported-program (torch.export, a .pt2), onnx (torch.onnx's dynamo exporter), and the legacy "
+        "torchscript (torch.jit) and onnx-legacy (the TorchScript-based ONNX exporter), which torch deprecates",
+    )
+    p.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.pt2 or model.onnx")
     p.add_argument(
         "--image-size",
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="example image that ONNX export traces with (default: the model's min_size x max_size)",
+        help="example image the traced formats are made with (default: the model's min_size x max_size)",
     )
-    p.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 11..20 (default: %(default)s)"
-    )
+    opsets = ", ".join(f"{f} {low}..{high} (default {DEFAULT_OPSET[f]})" for f, (low, high) in OPSETS.items())
+    p.add_argument("--opset", type=int, help=f"ONNX opset: {opsets}")
     p.add_argument(
         "--check",
         action="store_true",
-        help="run the exported file (onnxruntime / torch.jit.load) on two sample images and compare it with "
-        "PyTorch before writing it",
+        help="run the exported file (torch.export.load, onnxruntime or torch.jit.load) on sample images and "
+        "compare it with PyTorch before writing it",
     )
     p.set_defaults(func=_export)
 

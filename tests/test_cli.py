@@ -269,7 +269,7 @@ def test_export(trained, capsys, tmp_path, monkeypatch, one_thread):
     assert status == 0 and out.is_file()
     first, *checks = printed.splitlines()
     assert first.startswith(f"{out}: onnx, alpha 0.5; one image Tensor[3, H, W]")
-    assert [line.split(":")[0] for line in checks] == ["check 64x64", "check 64x48"]
+    assert [line.split(":")[0] for line in checks] == ["check 64x64", "check 64x48", "check 96x96"]
     assert all("detections agree with PyTorch" in line and " 0 detections" not in line for line in checks)
 
     # The Mask R-CNN that `mrrcnn train` wrote, as TorchScript.
@@ -300,7 +300,9 @@ def test_export(trained, capsys, tmp_path, monkeypatch, one_thread):
     assert not (tmp_path / "bad.pt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "model.onnx", "mrrcnn.pth"]
     argv = ["export", "--weights", weights, "--format", "onnx", "--out", out, "--opset", "9"]
-    assert_error(run(capsys, *argv), "export", "opset must be an integer in 11..20")
+    assert_error(run(capsys, *argv), "export", "opset must be an integer in 18..21 for onnx")
+    argv = ["export", "--weights", weights, "--format", "exported-program", "--out", tmp_path / "m.pte"]
+    assert_error(run(capsys, *argv), "export", "m.pte: an exported program's file name ends in .pt2")
 
 
 def test_export_size_beyond_the_machine_is_refused_before_allocating(capsys, tmp_path):

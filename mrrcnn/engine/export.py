@@ -1,23 +1,32 @@
-"""Export a trained model to TorchScript or ONNX, one image per call, and check the file against PyTorch.
+"""Export a trained model, one image per call, and check the file against PyTorch.
 
-    detector = torch.jit.load("model.pt")                     # TorchScript
+    import mrrcnn.ops                                         # registers torch.ops.mrrcnn.*
+    detector = torch.export.load("model.pt2").module()        # exported-program (torch.export)
     boxes, labels, scores, masks = detector(image)            # image: Tensor[3, H, W], RGB in [0, 1]
 
-    session = onnxruntime.InferenceSession("model.onnx")      # ONNX
+    session = onnxruntime.InferenceSession("model.onnx")      # onnx (the dynamo exporter)
     boxes, labels, scores, masks = session.run(None, {"image": image.numpy()})
 
-Both hold the whole eval-mode model, as ``model([image])[0]`` computes it: resizing and normalisation, the
-RPN, stage 1, the refining module with the score fusion at the ``alpha`` exported, the second score
-threshold and NMS, the refined masks pasted into the image (``masks``: ``Tensor[D, 1, H, W]``
-probabilities). ONNX bakes ``alpha`` and the thresholds in (re-export with ``model.alpha=X`` to change
-them); TorchScript keeps them as attributes (``detector.model.roi_heads.alpha = X``).
+Every format holds the whole eval-mode model, as ``model([image])[0]`` computes it: resizing and
+normalisation, the RPN, stage 1, the refining module with the score fusion at the ``alpha`` exported, the
+second score threshold and NMS, the refined masks pasted into the image (``masks``: ``Tensor[D, 1, H, W]``
+probabilities), for any image size and number of detections. ``exported-program`` (``torch.export``, what
+ExecuTorch, AOTInductor and Torch-TensorRT take) and ``onnx`` (``torch.onnx.export(dynamo=True)``) bake
+``alpha`` and the thresholds in (re-export with ``model.alpha=X`` to change them); so does the legacy
+``onnx-legacy`` (the TorchScript-based ONNX exporter); the legacy ``torchscript`` keeps them as attributes
+(``detector.model.roi_heads.alpha = X``). torch deprecates both legacy formats; they stay while it ships
+them. An exported program takes images whose sides, once the model has resized them, exceed 64 pixels:
+``torch.export`` specializes sizes of 1, and the coarsest FPN level (stride 64) of a narrower image has one
+pixel (its guard then fails, naming the sizes); the ONNX file takes any.
 
 The graph does not normalise intensities: give it images as the model was trained on them,
 ``mrrcnn.data.images.read_image(path, intensity=..., percentiles=...)`` with the checkpoint's
 ``data.intensity`` and ``data.percentiles`` (as ``mrrcnn predict`` and ``eval`` read them).
 
-Export traces (ONNX, ``torch.onnx.export(dynamo=False)``, as torchvision exports Mask R-CNN) or scripts
-(TorchScript) the model; while it does, RoI pooling switches to
+``torch.export`` traces the model while :func:`mrrcnn.models.traceable.traceable_detection` gives
+torchvision's data-dependent pieces traceable forms (torchvision's own Mask R-CNN does not export
+otherwise); the exported program calls the registered ``torch.ops.mrrcnn.shape_aware_roi_align``. For
+ONNX (both exporters) and TorchScript, RoI pooling switches to
 :func:`~mrrcnn.ops.exportable.exportable_shape_aware_roi_align` (RoIAlign, Resize, Mul, AveragePool).
 """
 
@@ -36,14 +45,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 
+from ..models.traceable import traceable_detection
 from .checkpoint import load_model
 
-FORMATS = ("torchscript", "onnx")
+# PyTorch 2's formats first, then the legacy ones (TorchScript, and ONNX by the TorchScript-based exporter).
+FORMATS = ("exported-program", "onnx", "torchscript", "onnx-legacy")
+ONNX_FORMATS = ("onnx", "onnx-legacy")
 OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
-DEFAULT_OPSET = 17
-# RoiAlign needs opset 10 and the model's dynamic padding 11; 20 is the highest the TorchScript-based
-# exporter supports (onnxruntime 1.32 has no RoiAlign of opset 22).
-MIN_OPSET, MAX_OPSET = 11, 20
+# By ONNX exporter: the default opset and the range taken. The legacy exporter: RoiAlign needs opset 10 and
+# the model's dynamic padding 11, and 20 is its highest. The dynamo exporter: 18 and up (its torchlib's);
+# onnxruntime 1.32 has no RoiAlign of opset 22.
+DEFAULT_OPSET = {"onnx": 18, "onnx-legacy": 17}
+OPSETS = {"onnx": (18, 21), "onnx-legacy": (11, 20)}
 
 # What "agrees with PyTorch" means, for each detection of each check image.
 # Box coordinates within 1e-3 of the box's width (x1, x2) or height (y1, y2), at least 1e-3 px: decoding
@@ -120,15 +133,18 @@ def default_image_size(model: MaskRCNN) -> tuple[int, int]:
     return min(int(transform.min_size[-1]), longer), longer
 
 
-def _check_arguments(fmt: str, image_size: Sequence[int], opset: int) -> None:
+def _check_arguments(fmt: str, image_size: Sequence[int], opset: int | None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if len(image_size) != 2 or not all(isinstance(s, int) and s >= 32 for s in image_size):
         raise ValueError(
             f"image_size must be (height, width), each an integer >= 32, got {tuple(image_size)}"
         )
-    if not (isinstance(opset, int) and MIN_OPSET <= opset <= MAX_OPSET):
-        raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
+    if opset is not None and fmt not in ONNX_FORMATS:
+        raise ValueError(f"opset applies to the ONNX formats only, not to {fmt}")
+    if opset is not None and not (isinstance(opset, int) and OPSETS[fmt][0] <= opset <= OPSETS[fmt][1]):
+        low, high = OPSETS[fmt]
+        raise ValueError(f"opset must be an integer in {low}..{high} for {fmt}, got {opset!r}")
 
 
 def _check_memory(model: MaskRCNN, image_size: Sequence[int]) -> None:
@@ -154,17 +170,19 @@ def export_model(
     out: str | Path,
     fmt: str,
     image_size: Sequence[int] | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
 ) -> Path:
     """Write ``model`` (a copy, in eval mode, on the CPU) to ``out`` as a :class:`SingleImageDetector`.
 
     Args:
         model: a Mask R-CNN or MR R-CNN of :mod:`mrrcnn.models` (or torchvision's ``MaskRCNN``).
         out: the file to write (its folder is created); replaced only once the export succeeded.
-        fmt: ``"torchscript"`` (``torch.jit.script``) or ``"onnx"`` (traced on a random example image).
-        image_size: (height, width) of the example image that ONNX export traces with (default: the
+        fmt: one of :data:`FORMATS`: ``"exported-program"`` (``torch.export``, saved by
+            ``torch.export.save``), ``"onnx"`` (``torch.onnx.export(dynamo=True)``), and the legacy
+            ``"torchscript"`` (``torch.jit.script``) and ``"onnx-legacy"`` (traced, ``dynamo=False``).
+        image_size: (height, width) of the example image the traced formats are made with (default: the
             model's own size, :func:`default_image_size`); exported graphs take any size.
-        opset: the ONNX opset, in ``MIN_OPSET..MAX_OPSET``.
+        opset: the ONNX opset (:data:`OPSETS`; default :data:`DEFAULT_OPSET`).
 
     Returns:
         ``out`` as a ``Path``.
@@ -173,18 +191,19 @@ def export_model(
     check_exportable(model)
     image_size = image_size or default_image_size(model)
     _check_arguments(fmt, image_size, opset)
-    if fmt == "onnx":
+    if fmt != "torchscript":
         _check_memory(model, image_size)
-    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise ValueError("ONNX export needs the onnx package: pip install 'mrrcnn[export]'")
+    for package in ("onnx", "onnxscript") if fmt == "onnx" else ("onnx",) if fmt == "onnx-legacy" else ():
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"{fmt} export needs the {package} package: pip install 'mrrcnn[export]'")
     detector = SingleImageDetector(copy.deepcopy(model).cpu().eval())
     # The wrapper takes the scripted model's (losses, detections) apart: no need to warn that it is a tuple.
     detector.model._has_warned = True
     heads = detector.model.roi_heads
     if hasattr(heads, "alpha"):
         heads.alpha = float(heads.alpha)  # a scripted attribute keeps its type: any alpha can be set later
-    out = _output_file(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    out = _output_file(out, fmt)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
     try:
         with warnings.catch_warnings():
             # Tracing torchvision's detection code warns about every Python value it records as a constant,
@@ -192,24 +211,61 @@ def export_model(
             warnings.simplefilter("ignore")
             if fmt == "torchscript":
                 torch.jit.script(detector).save(str(tmp))
+            elif fmt == "onnx-legacy":
+                _export_onnx_legacy(detector, tmp, sample_image(image_size, seed=0), opset)
             else:
-                _export_onnx(detector, tmp, sample_image(image_size, seed=0), opset)
+                _export_pt2(detector, tmp, sample_image(image_size, seed=0), fmt, opset)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
-def _output_file(out: str | Path) -> Path:
-    """``out`` as a path whose folder exists; a folder itself is refused."""
+def _output_file(out: str | Path, fmt: str) -> Path:
+    """``out`` as a path whose folder exists; a folder itself is refused, and an exported program's name
+    must end in ``.pt2`` (``torch.export.load`` reads no other)."""
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name")
+    if fmt == "exported-program" and out.suffix != ".pt2":
+        raise ValueError(
+            f"output {out}: an exported program's file name ends in .pt2 (torch.export.load needs it)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _export_onnx(detector: SingleImageDetector, path: Path, image: Tensor, opset: int) -> None:
+def _export_pt2(
+    detector: SingleImageDetector, path: Path, image: Tensor, fmt: str, opset: int | None
+) -> None:
+    """``torch.export`` of ``detector`` on ``image``, saved as a program or (``fmt="onnx"``) translated by
+    the dynamo ONNX exporter: image height and width dynamic, the number of detections too (it depends on
+    the data)."""
+    with torch.no_grad():
+        # The poolers infer and keep their levels' scales (Python rounding: traced, a guard on the size).
+        detector(image)
+    shapes = ({1: torch.export.Dim("height", min=32), 2: torch.export.Dim("width", min=32)},)
+    with traceable_detection():
+        if fmt == "exported-program":
+            program = torch.export.export(detector, (image,), dynamic_shapes=shapes)
+            # A file object: torch.export.save and load take file names ending in .pt2 only.
+            with open(path, "wb") as f:
+                torch.export.save(program, f)
+            return
+        program = torch.onnx.export(
+            detector,
+            (image,),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            input_names=["image"],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset or DEFAULT_OPSET[fmt],
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def _export_onnx_legacy(detector: SingleImageDetector, path: Path, image: Tensor, opset: int | None) -> None:
     """torch.onnx's TorchScript-based exporter, as torchvision's tests export Mask R-CNN: image height and
     width and the number of detections dynamic."""
     detections = {0: "detections"}
@@ -217,7 +273,7 @@ def _export_onnx(detector: SingleImageDetector, path: Path, image: Tensor, opset
         detector,
         (image,),
         str(path),
-        opset_version=opset,
+        opset_version=opset or DEFAULT_OPSET["onnx-legacy"],
         dynamo=False,
         input_names=["image"],
         output_names=list(OUTPUT_NAMES),
@@ -247,16 +303,19 @@ def sample_image(size: Sequence[int], seed: int) -> Tensor:
     return image
 
 
-def check_image_sizes(model: MaskRCNN) -> list[tuple[int, int]]:
-    """Two image sizes, landscape and portrait, that the model does not resize (scale exactly 1).
+def check_image_sizes(model: MaskRCNN, fmt: str) -> list[tuple[int, int]]:
+    """Image sizes to check ``fmt`` on: landscape and portrait that the model does not resize (scale
+    exactly 1), and for the PyTorch 2 formats one it resizes too.
 
     torchvision's scripted and traced transform computes the resize scale in float32, eager PyTorch in
-    float64; where ``side * scale`` lands within float32 rounding of an integer the exported model may
+    float64; where ``side * scale`` lands within float32 rounding of an integer the legacy formats may
     resize to one pixel more or less (torchvision's exported Mask R-CNN does too), and its detections then
-    differ by more than rounding. At scale 1 both resize alike, so the check compares the models, not that.
+    differ by more than rounding: they are checked at scale 1, where both resize alike. ``torch.export``
+    keeps the sizes symbolic, computed in Python's float64 as in eager PyTorch.
     """
     short, long = default_image_size(model)
-    return [(short, long), (long, (3 * short) // 4)]
+    sizes = [(short, long), (long, (3 * short) // 4)]
+    return sizes if fmt in ("torchscript", "onnx-legacy") else [*sizes, ((3 * short) // 2, (3 * long) // 2)]
 
 
 def compare_detections(expected: dict[str, Tensor], actual: dict[str, Tensor], where: str) -> dict[str, Any]:
@@ -326,8 +385,17 @@ def load_exported(
     path: str | Path, fmt: str, threads: int | None = None
 ) -> Callable[[Tensor], dict[str, Tensor]]:
     """A function ``image -> {boxes, labels, scores, masks}`` that runs an exported file on the CPU
-    (``torch.jit.load``, or onnxruntime's CPU provider with ``threads`` threads, default its own choice;
-    TorchScript runs on torch's threads)."""
+    (``torch.export.load``, ``torch.jit.load``, or onnxruntime's CPU provider with ``threads`` threads,
+    default its own choice; the PyTorch formats run on torch's threads)."""
+    if fmt == "exported-program":
+        with open(path, "rb") as f:
+            detector = torch.export.load(f).module()
+
+        def run_program(image: Tensor) -> dict[str, Tensor]:
+            with torch.no_grad():
+                return dict(zip(OUTPUT_NAMES, detector(image)))
+
+        return run_program
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, not gone
@@ -375,7 +443,7 @@ def check_export(
     """
     model = copy.deepcopy(model).cpu().eval()
     if images is None:
-        images = [sample_image(size, seed=1 + k) for k, size in enumerate(check_image_sizes(model))]
+        images = [sample_image(size, seed=1 + k) for k, size in enumerate(check_image_sizes(model, fmt))]
     run = load_exported(path, fmt)
     summaries = []
     for k, image in enumerate(images):
@@ -383,7 +451,15 @@ def check_export(
             expected = model([image])[0]
         size = f"{image.shape[1]}x{image.shape[2]}"
         where = f"{name or path} ({fmt}) on check image {k + 1} ({size})"
-        summaries.append({"image": size, **compare_detections(expected, run(image), where)})
+        try:
+            actual = run(image)
+        except (AssertionError, RuntimeError) as e:
+            limit = " (an exported program takes images whose resized sides exceed 64 pixels)"
+            raise ValueError(
+                f"{where}: the exported file fails: {str(e).splitlines()[0]}"
+                + (limit if fmt == "exported-program" else "")
+            ) from e
+        summaries.append({"image": size, **compare_detections(expected, actual, where)})
     return summaries
 
 
@@ -392,7 +468,7 @@ def export_checkpoint(
     out: str | Path,
     fmt: str,
     image_size: Sequence[int] | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     check: bool = False,
     overrides: Sequence[str] = (),
 ) -> ExportResult:
@@ -408,9 +484,9 @@ def export_checkpoint(
     image_size = tuple(image_size) if image_size is not None else None
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    out = _output_file(out)
+    out = _output_file(out, fmt)
     model, _, _ = load_model(weights, device="cpu", overrides=overrides)
-    staged = out.with_name(f".{out.name}.{os.getpid()}.export")
+    staged = out.with_name(f".{out.name}.{os.getpid()}.export{out.suffix}")
     try:
         export_model(model, staged, fmt, image_size, opset)
         checks = check_export(model, staged, fmt, name=out) if check else []

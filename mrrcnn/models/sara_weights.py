@@ -77,17 +77,30 @@ def neighbour_claim(
     another instance claims it: ``max_j`` of the masks ``other_masks: Tensor[D, M, M]`` of the boxes
     ``other_boxes: Tensor[D, 4]`` that are other instances (IoU < :data:`SAME_INSTANCE_IOU`), read in the
     box's frame (:func:`resample_masks`); 0 where none reaches. One image's boxes, ``chunk`` at a time
-    (which bounds the ``[chunk, D, M, M]`` intermediates). Defaults as arguments: TorchScript reads no
-    module-level floats."""
-    cells = other_masks.shape[-1]
-    claim = boxes.new_zeros((boxes.shape[0], cells, cells))
-    if other_boxes.shape[0] == 0:
-        return claim
+    in eager mode (which bounds the ``[chunk, D, M, M]`` intermediates), in one pass when traced (a loop
+    over a number of boxes known only at run time has no traced form). Defaults as arguments: TorchScript
+    reads no module-level floats."""
     others = (box_iou(boxes, other_boxes) < same_instance_iou).to(boxes.dtype)
-    chunks: list[Tensor] = []
+    if not torch.jit.is_scripting() and _traced():
+        return _claim(boxes, other_boxes, other_masks, others)
+    cells = other_masks.shape[-1]
+    chunks: list[Tensor] = [boxes.new_zeros((0, cells, cells))]
     for start in range(0, boxes.shape[0], chunk):
-        resampled = resample_masks(boxes[start : start + chunk], other_boxes, other_masks)
-        chunks.append((resampled * others[start : start + chunk, :, None, None]).amax(dim=1))
-    if len(chunks) > 0:
-        claim = torch.cat(chunks)
-    return claim
+        chunks.append(
+            _claim(boxes[start : start + chunk], other_boxes, other_masks, others[start : start + chunk])
+        )
+    return torch.cat(chunks)
+
+
+def _claim(boxes: Tensor, other_boxes: Tensor, other_masks: Tensor, others: Tensor) -> Tensor:
+    """:func:`neighbour_claim` of ``boxes`` given ``others: Tensor[N, D]`` (1 where ``j`` is another
+    instance of box ``i``): a zero claim stands beside the others', so that the max over none is 0."""
+    resampled = resample_masks(boxes, other_boxes, other_masks) * others[:, :, None, None]
+    none = resampled.new_zeros((resampled.shape[0], 1, resampled.shape[2], resampled.shape[3]))
+    return torch.cat([none, resampled], dim=1).amax(dim=1)
+
+
+@torch.jit.unused
+def _traced() -> bool:
+    # Not scriptable (torch.compiler, torch.onnx), hence behind torch.jit.unused; TorchScript loops fine.
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

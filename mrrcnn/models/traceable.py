@@ -1,7 +1,7 @@
 """torchvision's detection code made traceable by ``torch.export``, for the time of an export only.
 
 ``torch.export`` records one graph for every input: Python branches on tensor data or on symbolic sizes
-either guard the graph to the example input or fail. Four of torchvision's functions stand in the way of
+either guard the graph to the example input or fail. Five of torchvision's functions stand in the way of
 exporting its Mask R-CNN (pytorch/vision#9321, #9462), and so of ours; while :func:`traceable_detection`
 is active they are replaced by equivalents without such branches:
 
@@ -11,9 +11,15 @@ is active they are replaced by equivalents without such branches:
   sides: :func:`resize_image` uses ``torch.sym_min`` (no guard on portrait or landscape);
 - its ``batch_images`` pads the batch to a multiple of 32 with ``int(math.ceil(...))``, which fixes the
   size: :func:`batch_images` pads with symbolic arithmetic;
+- ``BoxCoder.decode`` reshapes only when there are boxes: :func:`decode` reshapes statically;
 - ``paste_masks_in_image`` loops over the detections in Python: :func:`paste_masks` pastes them all at
   once, bilinear resizing written as ``rows @ mask @ columns^T`` (it is separable), with the source indices
   ``F.interpolate`` computes.
+
+And torchvision's fake kernel of ``torchvision::nms`` says NMS keeps at least 2 boxes (the default of the
+deprecated ``create_unbacked_symint``), which an exported model then asserts at run time: an image with
+0 or 1 detections would fail. :func:`traceable_detection` registers one that allows any count (for
+tracing only: the kernel that computes NMS is torchvision's).
 
 The replacements compute what torchvision's functions do, to float rounding (tested), and are used by
 ``mrrcnn export`` only: eager code runs torchvision's own, so eager outputs are unchanged.
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.models.detection.transform as detection_transform
 from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import nms
@@ -74,6 +81,14 @@ def batch_images(self: Any, images: list[Tensor], size_divisible: int = 32) -> T
     return F.pad(images[0], (0, pad_width, 0, pad_height))[None]
 
 
+def decode(self: Any, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+    """``BoxCoder.decode`` of ``rel_codes: Tensor[N, 4 k]`` (as every caller passes them) at the ``N`` boxes
+    of ``boxes`` (one ``Tensor[N_i, 4]`` per image): ``Tensor[N, k, 4]``, also for ``N = 0``."""
+    reference = torch.cat(boxes, dim=0)
+    decoded = self.decode_single(rel_codes, reference)
+    return decoded.reshape(reference.shape[0], decoded.shape[-1] // 4, 4)
+
+
 def _paste_weights(start: Tensor, length: Tensor, size: int, cells: int) -> Tensor:
     """``Tensor[D, size, cells]``: the bilinear weights by which image pixel ``p`` (along one axis) reads
     the ``cells`` of a mask resized to ``length`` pixels from pixel ``start`` on (zero outside), with
@@ -106,16 +121,28 @@ def paste_masks(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], paddin
     return (rows @ padded @ columns.transpose(1, 2))[:, None].to(masks.dtype)
 
 
+def _nms_fake(dets: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """The fake kernel of ``torchvision::nms``: ``Int64Tensor[K]``, ``K`` from 0 to the number of boxes."""
+    torch._check(dets.dim() == 2 and dets.size(1) == 4, lambda: "boxes should be a Tensor[N, 4]")
+    torch._check(scores.dim() == 1 and scores.size(0) == dets.size(0), lambda: "scores should be a Tensor[N]")
+    kept = torch.library.get_ctx().new_dynamic_size()
+    torch._check(kept <= dets.size(0))
+    return dets.new_empty(kept, dtype=torch.long)
+
+
 _ORIGINALS: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
 def traceable_detection() -> Iterator[None]:
-    """Replace torchvision's four functions (see the module's docstring) while the block runs."""
+    """Replace torchvision's five functions (see the module's docstring) while the block runs, and register
+    the fake kernel of ``torchvision::nms`` that allows any number of kept boxes (it stays registered)."""
+    torch.library.register_fake("torchvision::nms", _nms_fake)
     places = {
         "nms": (box_ops, "batched_nms", batched_nms),
         "resize": (detection_transform, "_resize_image_and_masks", resize_image),
         "batch": (detection_transform.GeneralizedRCNNTransform, "batch_images", batch_images),
+        "decode": (BoxCoder, "decode", decode),
         "paste": (detection_transform, "paste_masks_in_image", paste_masks),
     }
     for key, (module, name, _) in places.items():

@@ -1,4 +1,5 @@
-"""Export to TorchScript and ONNX: the files hold the eval-mode model, detection for detection."""
+"""Export to an ExportedProgram, ONNX (both exporters) and TorchScript: the files hold the eval-mode model,
+detection for detection."""
 
 import copy
 
@@ -57,8 +58,9 @@ def needs_onnx():
     pytest.importorskip("onnxruntime")
 
 
-def assert_checked(checks):
-    assert [c["image"] for c in checks] == ["128x128", "128x96"]
+def assert_checked(checks, resized=False):
+    # The PyTorch 2 formats are checked on an image the model resizes too (check_image_sizes).
+    assert [c["image"] for c in checks] == ["128x128", "128x96"] + ["192x192"] * resized
     for c in checks:
         assert c["detections"] > 10
         assert c["max_box_error_relative"] <= 1e-3 and c["max_score_error"] <= 1e-4
@@ -91,16 +93,19 @@ def test_torchscript_matches_pytorch_and_keeps_alpha_settable(checkpoint, tmp_pa
     assert not torch.allclose(expected_quarter["scores"][:5], expected["scores"][:5])
 
 
-def test_onnx_matches_pytorch_with_alpha_as_exported(checkpoint, tmp_path):
-    needs_onnx()
-    out = tmp_path / "model.onnx"
-    result = export_checkpoint(checkpoint, out, "onnx", check=True, overrides=["model.alpha=0.5"])
+@pytest.mark.parametrize("fmt", ["exported-program", "onnx", "onnx-legacy"])
+def test_traced_formats_match_pytorch_with_alpha_as_exported(checkpoint, tmp_path, fmt):
+    if fmt != "exported-program":
+        needs_onnx()
+    out = tmp_path / "model.pt2"
+    result = export_checkpoint(checkpoint, out, fmt, check=True, overrides=["model.alpha=0.5"])
     assert result.alpha == 0.5
-    assert_checked(result.checks)
+    assert_checked(result.checks, resized=fmt != "onnx-legacy")
 
     model = load_model(checkpoint, device="cpu", overrides=["model.alpha=0.5"])[0]
-    run = load_exported(out, "onnx")
-    for size, seed in (((96, 128), 6), ((128, 64), 7)):
+    run = load_exported(out, fmt)
+    # Resized sides above 64 pixels: what an exported program takes (mrrcnn/engine/export.py).
+    for size, seed in (((96, 128), 6), ((128, 80), 7)):
         image = sample_image(size, seed)
         with torch.no_grad():
             expected = model([image])[0]
@@ -109,12 +114,13 @@ def test_onnx_matches_pytorch_with_alpha_as_exported(checkpoint, tmp_path):
         assert compare_detections(expected, actual, f"{size}")["detections"] > 10
 
 
-def test_no_detection_exports_and_runs(checkpoint, tmp_path):
+@pytest.mark.parametrize("fmt", ["exported-program", "onnx-legacy"])
+def test_no_detection_exports_and_runs(checkpoint, tmp_path, fmt):
     needs_onnx()
     thresholds = ["model.box_score_thresh=0.99"]
-    result = export_checkpoint(checkpoint, tmp_path / "m.onnx", "onnx", check=True, overrides=thresholds)
+    result = export_checkpoint(checkpoint, tmp_path / "m.pt2", fmt, check=True, overrides=thresholds)
     assert all(c["detections"] == 0 for c in result.checks)
-    actual = load_exported(result.path, "onnx")(sample_image((128, 128), 3))
+    actual = load_exported(result.path, fmt)(sample_image((128, 128), 3))
     assert actual["boxes"].shape == (0, 4) and actual["masks"].shape == (0, 1, 128, 128)
 
 
@@ -123,8 +129,8 @@ def test_mask_rcnn_exports_too(tmp_path):
     config = load_config(CONFIG_DIR / "synthetic/maskrcnn_small.yaml", SIZE)
     torch.manual_seed(1)
     model = build_model(**config["model"]).eval()
-    for fmt in ("torchscript", "onnx"):
-        path = export_model(model, tmp_path / f"model.{fmt}", fmt)
+    for fmt in export.FORMATS:
+        path = export_model(model, tmp_path / f"{fmt}.pt2", fmt)
         checks = check_export(model, path, fmt)
         assert all(c["detections"] > 10 for c in checks)
 
@@ -134,9 +140,11 @@ def test_mask_rcnn_exports_too(tmp_path):
 def test_every_sara_weighting_exports(weighting, tmp_path):
     needs_onnx()
     model = small_refining_model(sara_weighting=weighting)
-    for fmt in ("torchscript", "onnx"):
-        path = export_model(model, tmp_path / f"model.{fmt}", fmt)
-        assert_checked(check_export(model, path, fmt))
+    # torch.export takes half a minute: once, on the weighting that reads both the own and the others' masks.
+    formats = ("exported-program", "onnx") if weighting == "ownership" else ()
+    for fmt in (*formats, "torchscript", "onnx-legacy"):
+        path = export_model(model, tmp_path / f"{fmt}.pt2", fmt)
+        assert_checked(check_export(model, path, fmt), resized=fmt in ("exported-program", "onnx"))
 
 
 def test_what_cannot_be_exported_is_refused(checkpoint, tmp_path, monkeypatch):
@@ -154,17 +162,21 @@ def test_what_cannot_be_exported_is_refused(checkpoint, tmp_path, monkeypatch):
     plain.roi_heads.shape_aware = False
     export_model(plain, tmp_path / "plain.pt", "torchscript")
     for kwargs, match in (
-        ({"fmt": "tflite"}, "format must be one of torchscript, onnx"),
-        ({"fmt": "onnx", "opset": 9}, "opset must be an integer in 11..20"),
+        ({"fmt": "tflite"}, "format must be one of exported-program, onnx, torchscript, onnx-legacy"),
+        ({"fmt": "onnx", "opset": 9}, "opset must be an integer in 18..21 for onnx"),
+        ({"fmt": "onnx-legacy", "opset": 21}, "opset must be an integer in 11..20 for onnx-legacy"),
+        ({"fmt": "exported-program", "opset": 18}, "opset applies to the ONNX formats only"),
         ({"fmt": "onnx", "image_size": (16, 128)}, "image_size"),
     ):
         with pytest.raises(ValueError, match=match):
             export_model(model, tmp_path / "m.onnx", **kwargs)
     with pytest.raises(ValueError, match="is a folder"):
         export_model(model, tmp_path, "torchscript")
+    with pytest.raises(ValueError, match=r"m.pte: an exported program's file name ends in .pt2"):
+        export_model(model, tmp_path / "m.pte", "exported-program")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.pt"]
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match="ONNX export needs the onnx package"):
+    with pytest.raises(ValueError, match="onnx export needs the onnx package"):
         export_model(model, tmp_path / "m.onnx", "onnx")
 
 

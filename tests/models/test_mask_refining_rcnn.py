@@ -294,4 +294,6 @@ def test_gradients_come_back_in_their_parameters_layout(builder, threads):
         sum(train_losses(model).values()).backward()
     finally:
         torch.set_num_threads(previous)
-    assert not [n for n, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not [
+        n for n, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()
+    ]
