@@ -1,4 +1,4 @@
-"""MR R-CNN R50-FPN exported to TorchScript and ONNX: agreement with PyTorch and CPU latency.
+"""MR R-CNN R50-FPN exported in every format of ``mrrcnn export``: agreement with PyTorch and CPU latency.
 
     python bench/export.py          # prints the tables and writes docs/benchmarks/export.md
 
@@ -9,13 +9,13 @@ confident, as a trained model's are (a random mask head gives probabilities with
 perturbed away from stage 1's copies so that fusion, refined boxes and refined masks all change the output.
 Score threshold 0.02 keeps about 100 detections per image.
 
-Both files are written by :func:`mrrcnn.engine.export.export_model` and compared with PyTorch by
-:func:`mrrcnn.engine.export.compare_detections` (what ``mrrcnn export --check`` runs) on the two sample
-images of the check, which the model does not resize (800x1333 and 1333x600). A disagreement is reported,
-not hidden; for onnxruntime, whose convolutions round differently from PyTorch's, stage 1's detections
-alone are compared too (a graph of the model up to stage 1, exported the same way), to show where a
-difference starts. Latency: the 800x1333 image, PyTorch eager, TorchScript and onnxruntime timed in turns,
-onnxruntime given torch's thread count.
+Every file is written by :func:`mrrcnn.engine.export.export_model` and compared with PyTorch by
+:func:`mrrcnn.engine.export.compare_detections` (what ``mrrcnn export --check`` runs) on the sample
+images of the check: two the model does not resize (800x1333 and 1333x600) and, for the PyTorch 2 formats,
+one it does (1200x1999). A disagreement is reported, not hidden; for the legacy ONNX file, whose
+onnxruntime convolutions round differently from PyTorch's, stage 1's detections alone are compared too (a
+graph of the model up to stage 1, exported the same way), to show where a difference starts. Latency: the
+800x1333 image, PyTorch eager and each runtime timed in turns, onnxruntime given torch's thread count.
 """
 
 from __future__ import annotations
@@ -46,7 +46,13 @@ from mrrcnn.engine.export import (
 from mrrcnn.models import mrrcnn_resnet50_fpn
 
 IMAGE = (800, 1333)
-RUNTIMES = (("torchscript", "TorchScript", "pt"), ("onnx", "onnxruntime", "onnx"))
+# (format, runtime, file suffix): PyTorch 2's formats first, then the legacy ones.
+RUNTIMES = (
+    ("exported-program", "ExportedProgram", "pt2"),
+    ("onnx", "onnxruntime (dynamo export)", "onnx"),
+    ("torchscript", "TorchScript (legacy)", "pt"),
+    ("onnx-legacy", "onnxruntime (legacy export)", "onnx"),
+)
 
 
 def make_model() -> nn.Module:
@@ -121,13 +127,13 @@ def agreement(expected: dict[str, Tensor], actual: dict[str, Tensor], where: str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: mrrcnn export's for each exporter)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs/benchmarks/export.md"
     )
     args = parser.parse_args(argv)
     model = make_model()
-    sizes = check_image_sizes(model)
+    sizes = check_image_sizes(model, "exported-program")
     assert sizes[0] == IMAGE
     images = [sample_image(size, seed=1 + k) for k, size in enumerate(sizes)]
     with torch.no_grad():
@@ -138,14 +144,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         stage1 = same_stage1(model, images, Path(folder))
         for fmt, name, suffix in RUNTIMES:
-            path = Path(folder) / f"mrrcnn_r50_fpn.{suffix}"
+            path = Path(folder) / f"mrrcnn_r50_fpn_{fmt}.{suffix}"
             start = time.perf_counter()
-            export_model(model, path, fmt, IMAGE, args.opset)
+            opset = args.opset if fmt in ("onnx", "onnx-legacy") else None
+            export_model(model, path, fmt, IMAGE, opset)
             exports.append((name, fmt, path.stat().st_size / 2**20, time.perf_counter() - start))
             run = load_exported(path, fmt, threads=torch.get_num_threads())
-            for k, (image, reference) in enumerate(zip(images, expected)):
+            checked = len(check_image_sizes(model, fmt))
+            for k, (image, reference) in enumerate(zip(images[:checked], expected)):
                 size = f"{image.shape[1]}x{image.shape[2]}"
-                first = stage1[k] if fmt == "onnx" else "not compared"
+                first = stage1[k] if fmt == "onnx-legacy" else "not compared"
                 cells = [
                     name,
                     size,
@@ -172,21 +180,23 @@ def main(argv: list[str] | None = None) -> None:
         for name, fmt, mib, seconds in exports
     )
     text = (
-        "# MR R-CNN exported: TorchScript and ONNX against PyTorch\n\n"
+        "# MR R-CNN exported: ExportedProgram, ONNX and TorchScript against PyTorch\n\n"
         f"{header('export.py', argv, args.repeats)} torchvision {torchvision.__version__}, onnxruntime "
         f"{onnxruntime.__version__} (CPU provider, {torch.get_num_threads()} threads); ONNX opset "
-        f"{args.opset}; one warm-up run first.\n\n"
+        f"{args.opset or 'mrrcnn export' + chr(39) + 's defaults'}; one warm-up run first.\n\n"
         f"- cpu: {machine('cpu')}\n\n"
         "R50-FPN MR R-CNN, 91 classes, random weights (mask logits scaled up to be confident, refining heads "
         "perturbed away from stage 1's; score threshold 0.02), exported by `mrrcnn.engine.export` "
         "(`mrrcnn export`), one image per call.\n\n"
         "## Agreement\n\n"
-        "The exported file and PyTorch on the two sample images of `mrrcnn export --check` (the model does "
-        f"not resize them). A detection agrees when matched (same label, score within {SCORE_ATOL}), boxes within "
+        "The exported file and PyTorch on the sample images of `mrrcnn export --check` (two the model does "
+        "not resize, and for the PyTorch 2 formats one it does). A detection agrees when matched (same label, "
+        f"score within {SCORE_ATOL}), boxes within "
         f"{BOX_RTOL} of their width (x) or height (y), masks binarised at 0.5 with IoU >= {MIN_MASK_IOU} "
         f"(pixels within {MASK_THRESHOLD_ATOL} of 0.5 agree either way: torchvision's paste gives exactly 0.5 "
-        "at the edge of a saturated mask); errors are the worst over the image's detections. TorchScript "
-        "runs PyTorch's kernels, but for the RoI pooling (torchvision's RoIAlign instead of the eager "
+        "at the edge of a saturated mask); errors are the worst over the image's detections. The "
+        "ExportedProgram runs PyTorch's kernels and the registered Shape-aware RoIAlign; TorchScript runs "
+        "PyTorch's kernels, but for the RoI pooling (torchvision's RoIAlign instead of the eager "
         "operator). onnxruntime runs its own convolutions, which round differently: `stage-1 detections as "
         "PyTorch's` counts stage 1's detections (the refining module's input; same label, box within 0.1 px) "
         "that onnxruntime also finds. Where they already differ, the disagreement starts before the refining "
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         "detections decide near-ties, which boxes moved by rounding can tip the other way.\n\n"
         + agreement_table
         + "\n## Latency\n\n"
-        "One 800x1333 image, the three runtimes timed in turns; `vs PyTorch` is PyTorch's time over the "
+        "One 800x1333 image, the runtimes timed in turns; `vs PyTorch` is PyTorch's time over the "
         "runtime's (above 1: faster). `export s`: writing the file (scripting, or tracing and converting).\n\n"
         + latency_table
     )

@@ -2,6 +2,7 @@
 
     python bench/model.py                   # prints the tables and writes docs/benchmarks/model.md
     python bench/model.py --scales demo     # the demo's scale only (a quick check)
+    python bench/model.py --scales variants # every SARA weighting's cost, for the study of them
 
 ``r50``: R50-FPN, torchvision's default heads. Inference: one 800x1333 image, 100 detections (score
 threshold 0 so both models keep 100). Training: one SGD step (forward, backward, update) on two 800x1333
@@ -24,6 +25,7 @@ alone).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -116,6 +118,27 @@ def demo_models(device: str) -> dict:
     return models
 
 
+def variant_models(device: str) -> dict:
+    """MR R-CNN with each SARA weighting (and without SARA), fine-tuned as the demo's from its Mask R-CNN;
+    ``own``, the paper's, first: the others are compared with it."""
+    data, base = demo_base()
+    models = {}
+    for name, overrides in (
+        ("own (MR R-CNN)", []),
+        ("no SARA", ["model.shape_aware=false"]),
+        *(
+            (weighting, [f"model.sara_weighting={weighting}"])
+            for weighting in ("others", "ownership", "iterative")
+        ),
+    ):
+        config = load_config(
+            "synthetic/mrrcnn_small", [*demo_overrides(data), f"model.base_weights={base}", *overrides]
+        )
+        torch.manual_seed(0)
+        models[name] = build_model(**config["model"]).to(device)
+    return models
+
+
 def demo_batch(device: str, num_images: int, with_targets: bool):
     data, _ = demo_base()
     split = "train" if with_targets else "val"
@@ -130,11 +153,19 @@ def demo_batch(device: str, num_images: int, with_targets: bool):
     ]
 
 
-# scale: (models, batch, (inference images, training images), title)
+# scale: (models, batch, (inference images, training images), title); the first model is the reference.
 SCALES = {
     "r50": (r50_models, r50_batch, (1, 2), "R50-FPN, 800x1333 images"),
     "demo": (demo_models, demo_batch, (8, 4), "the demo: small models, 160x160 synthetic images"),
+    "variants": (
+        variant_models,
+        demo_batch,
+        (8, 4),
+        "the demo's, every SARA weighting against own (MR R-CNN)",
+    ),
 }
+# The variants' cost, as the SARA-weighting study reads it (bench/reproduction/beyond.py).
+VARIANTS_COST = ROOT / "bench" / "results" / "beyond" / "cost.json"
 
 
 def inference(model, images, targets, amp=False):
@@ -217,9 +248,10 @@ def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple
         track_allocations_exactly()
     memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
     rows = []
+    reference = next(iter(models))
     for (task, name), (_, seconds, flops, detections) in measured.items():
-        _, base_seconds, base_flops, _ = measured[task, "Mask R-CNN"]
-        base_memory = memory[task, "Mask R-CNN"]
+        _, base_seconds, base_flops, _ = measured[task, reference]
+        base_memory = memory[task, reference]
         rows.append(
             (
                 scale,
@@ -259,16 +291,31 @@ def profile_summary(top: int = 8) -> str:
     return text
 
 
+def write_variants_cost(rows: list[tuple], argv: list[str] | None) -> None:
+    """The ``variants`` rows on the CPU as :data:`VARIANTS_COST`: per weighting, seconds and ratio to own."""
+    cost: dict = {"command": " ".join(["python bench/model.py", *(sys.argv[1:] if argv is None else argv)])}
+    cost["machine"] = machine("cpu")
+    for scale, device, task, name, seconds, ratio, *_ in rows:
+        if scale == "variants" and device == "cpu fp32":
+            key = "training_step" if task.startswith("training") else "inference"
+            cost.setdefault(name, {})[key] = {"seconds": seconds, "vs_own": ratio}
+    VARIANTS_COST.parent.mkdir(parents=True, exist_ok=True)
+    VARIANTS_COST.write_text(json.dumps(cost, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs/benchmarks/model.md"
+        "--out", type=Path, help="default docs/benchmarks/model.md (model_variants.md for --scales variants)"
     )
     available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     parser.add_argument("--devices", nargs="+", choices=available, default=available)
-    parser.add_argument("--scales", nargs="+", choices=list(SCALES), default=list(SCALES))
+    parser.add_argument("--scales", nargs="+", choices=list(SCALES), default=["r50", "demo"])
     args = parser.parse_args(argv)
+    if args.out is None:
+        name = "model_variants.md" if args.scales == ["variants"] else "model.md"
+        args.out = ROOT / "docs" / "benchmarks" / name
 
     cpu_demo = "demo" in args.scales and "cpu" in args.devices
     # (scale, device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
@@ -279,8 +326,10 @@ def main(argv: list[str] | None = None) -> None:
         for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
         for row in measure(scale, device, precision, args.repeats)
     ]
+    if "variants" in args.scales and "cpu" in args.devices:
+        write_variants_cost(rows, argv)
     table = (
-        "| scale | device, precision | task | model | median s | time vs Mask R-CNN | GFLOP | FLOP ratio | "
+        "| scale | device, precision | task | model | median s | time vs reference | GFLOP | FLOP ratio | "
         "peak extra MiB | memory vs Mask R-CNN | detections |\n"
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     ) + "".join(
@@ -295,8 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         + "\nScales: "
         + "; ".join(f"`{name}`: {title}" for name, (*_, title) in SCALES.items() if name in args.scales)
         + " (the script's docstring says how each is made). MR R-CNN with the refining module of "
-        "docs/method.md. The two models are timed in turns (one run of each per round). `FLOP ratio` is MR "
-        "R-CNN's FLOPs over Mask R-CNN's (matmuls and convolutions, forward and backward, by "
+        "docs/method.md. The reference of a scale is its first model (Mask R-CNN; for `variants`, MR R-CNN "
+        "with the paper's own-mask SARA); a scale's models are timed in turns (one run of each per round). "
+        "`FLOP ratio` is a model's FLOPs over the reference's (matmuls and convolutions, forward and backward, by "
         "`torch.utils.flop_counter`): the floor the refining heads' added arithmetic would set on the time "
         "ratio if every FLOP took the same time. Peak extra memory: the peak above what was allocated before "
         "the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under `torch.autocast` "

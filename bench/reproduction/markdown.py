@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import load, plots
+from .beyond_report import beyond_section
 from .runs import ALPHAS, BENCHMARKS, DIAGNOSED, FIGURES, RUNS, Benchmark
 from .sara import DEGRADATIONS, QUALITY_FOLDERS
 from .stats import judge, mean_std, seen, verdict
@@ -398,9 +399,9 @@ def hard_section(hard: Loaded) -> tuple[str, dict[str, dict[str, list[float]]]]:
     return text, comparisons
 
 
-def sara_section(main: Loaded, hard: Loaded) -> str:
+def sara_section(main: Loaded, hard: Loaded, quality: str, numbers: dict[str, Any]) -> str:
+    """The SARA study; ``quality``, ``numbers``: :func:`quality_section`'s text and numbers."""
     comparisons = sara_comparisons(main)
-    quality, numbers = quality_section(main)
     hard_text, hard_sara = hard_section(hard)
     oracle_rows = labels("mrrcnn_no_sara", "mrrcnn", "mrrcnn_oracle", "mrrcnn_oracle_others")
     oracle_rows.update(SARA_EVALS)
@@ -618,6 +619,7 @@ def report(out: Path) -> None:
     if not main.seeds:
         raise SystemExit(f"no results under {main.benchmark.results}: run bench/reproduce.py first")
     diag = diagnostics(main, DIAGNOSED)
+    quality, numbers = quality_section(main)
     text = f"""# Tables 3-5 in miniature, and does SARA help? MR R-CNN on the synthetic huddled benchmark
 
 Written by `python bench/reproduce.py` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) from the metrics in
@@ -633,7 +635,8 @@ set and scale, put beside ours only to show which claim each row tests.
 {table4_section(main)}
 {alpha_section(main)}
 {why_section(main, diag)}
-{sara_section(main, hard)}
+{sara_section(main, hard, quality, numbers)}
 {reading_section(main, diag)}
+{beyond_section(numbers)}
 {cost_section(main)}"""
     out.write_text(text)

@@ -90,6 +90,41 @@ def quality_figure(
     _save(figure, out)
 
 
+def beyond_figure(
+    points: dict[str, tuple[float, float, float]],
+    level: dict[str, float] | None,
+    oracles: dict[str, list[tuple[str, float, float, float]]],
+    out: Path,
+) -> None:
+    """Box AP and huddled box AP of each SARA weighting against the mean IoU of the masks it reads.
+
+    Args:
+        points: label -> (mask IoU, box AP, huddled box AP), means over seeds: one marker each.
+        level: RM without SARA's ``{"bbox/AP": .., "huddled/bbox/AP": ..}``, a horizontal line (if any).
+        oracles: the earlier SARA study's oracles fed degraded true masks, title -> points (degradation
+            family, mask IoU, box AP, huddled box AP): faint curves, one per family.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, column, key, metric in (
+        (axes[0], 1, "bbox/AP", "box AP"),
+        (axes[1], 2, "huddled/bbox/AP", "huddled box AP"),
+    ):
+        for (title, curve), colour in zip(oracles.items(), ("tab:grey", "tab:olive")):
+            for k, family in enumerate(dict.fromkeys(p[0] for p in curve)):
+                mine = sorted(p[1:] for p in curve if p[0] == family)
+                label = f"earlier study: SARA on {title}, degraded" if k == 0 else None
+                axis.plot([p[0] for p in mine], [p[column] for p in mine], ":", color=colour, label=label)
+        if level is not None:
+            axis.axhline(level[key], color="k", linestyle="--", label="RM without SARA")
+        for label, point in points.items():
+            axis.plot(point[0], point[column], "o", markersize=8, label=label)
+        axis.set_xlabel("mean IoU of the masks SARA reads (val instances detected)")
+        axis.set_ylabel(f"{metric} (val)")
+        axis.set_title(f"SARA weightings: {metric}", fontsize=9)
+        axis.legend(fontsize=6)
+    _save(figure, out)
+
+
 def _save(figure: Any, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

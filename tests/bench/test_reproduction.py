@@ -86,3 +86,49 @@ def test_beyond_constants_are_the_preregistered_plan():
     assert f">= +{beyond.GOAL_BOX_AP} box AP" in plan and f"within {beyond.TIE_AP} AP" in plan
     for run in beyond.CANDIDATES:
         assert f"`{run.removeprefix('mrrcnn_')}`" in plan
+
+
+def test_beyond_report_from_partial_and_complete_results(tmp_path, monkeypatch):
+    import json
+
+    from reproduction import beyond, beyond_report, runs
+
+    monkeypatch.setattr(runs, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(beyond_report, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(beyond_report, "COST", tmp_path / "cost.json")
+    gain = {
+        beyond.BASELINE: 0.0,
+        beyond.OWN: 0.1,
+        "mrrcnn_others": 1.5,
+        "mrrcnn_ownership": 1.0,
+        "mrrcnn_iterative": 0.2,
+    }
+
+    def write(name, seed, run, bump):
+        folder = beyond.STUDY_BENCHMARKS[name].results / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics = {k: 60.0 + gain[run] + bump + 0.01 * seed for k in beyond.METRICS}
+        (folder / f"{run}.json").write_text(json.dumps(metrics))
+        (folder / f"{run}_read_masks.json").write_text(
+            json.dumps({"mask_iou/all": 0.7, "mask_iou/huddled": 0.6})
+        )
+
+    quality = {"panels": {"own true mask": [("shift", 0.5, 61.0, 50.0), ("shift", 0.8, 64.0, 55.0)]}}
+    write("synthetic", 0, beyond.OWN, 0.0)
+    assert "decision rule has not been applied" in beyond_report.beyond_section(quality)
+    for name, seeds in beyond.SELECTION_SEEDS.items():
+        for seed in seeds:
+            for run in beyond.VARIANTS:
+                write(name, seed, run, 0.1 * (seed % 2) * (run != beyond.BASELINE))
+    (tmp_path / "cost.json").write_text(
+        json.dumps({"others": {"training_step": {"seconds": 1, "vs_own": 1.3}}})
+    )
+    text = beyond_report.beyond_section(quality)
+    assert "The rule chooses **others**" in text and "Not run yet on" in text and "Not reached yet" in text
+    for name, seeds in beyond.CONFIRMATION_SEEDS.items():
+        for seed in seeds:
+            for run in (beyond.BASELINE, beyond.OWN, "mrrcnn_others"):
+                write(name, seed, run, 0.05 * (seed % 2) * (run != beyond.BASELINE))
+    text = beyond_report.beyond_section(quality)
+    assert "is **met**" in text and "1.30x" in text
+    assert (tmp_path / "figures" / "beyond_mask_quality.png").is_file()
