@@ -140,7 +140,10 @@ def validate_arguments(
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got {input.dtype}")
     size = _pair(output_size)
-    if not (isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0):
+    # Eager only: compiled, a module's float may be traced as a symbolic one, which math cannot test.
+    if not torch.compiler.is_compiling() and not (
+        isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0
+    ):
         raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale!r}")
     rois = convert_to_rois(boxes, input)
     if masks is not None:

@@ -1,0 +1,118 @@
+"""``mrrcnn demo`` with its defaults, timed stage by stage, and its table; optionally against a revision.
+
+    python bench/demo.py                      # writes docs/benchmarks/demo.md
+    python bench/demo.py --baseline 45f0856   # the same demo at that revision first, in a git worktree
+
+Each demo runs in a process of its own (``python -m mrrcnn demo --no-progress``, from the revision's source
+for the baseline) into a temporary folder; its log's stage lines give the time of each stage, its
+``results.md`` the AP of its three rows. Run it alone on the machine: the demo's time is what users wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from common import header, machine, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+# Log line that starts a stage -> the stage's name in the table.
+STAGES = {
+    "[1/6] synthetic data": "data",
+    "[2-3/6] Mask R-CNN: training": "Mask R-CNN (600 it)",
+    "[2-3/6] Mask R-CNN +ft: training": "control fine-tune (200 it)",
+    "[2-3/6] MR R-CNN: training": "MR R-CNN fine-tune (200 it)",
+    "[4/6] evaluating": "evaluation",
+    "[5/6] results": "table and figure",
+}
+ROWS = ("bbox/AP", "segm/AP", "huddled/bbox/AP", "huddled/segm/AP")
+
+
+def run_demo(source: Path, out: Path) -> tuple[dict[str, float], float, dict[str, list[str]]]:
+    """The demo from ``source``'s package into ``out``: seconds per stage, total minutes as it logs them,
+    and the table's rows of :data:`ROWS` (a value per model)."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    log = subprocess.run(
+        [sys.executable, "-m", "mrrcnn", "demo", "--out", str(out), "--no-progress"],
+        env=env,
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    starts = []
+    for line in log.splitlines():
+        for marker, stage in STAGES.items():
+            if marker in line:
+                starts.append((stage, datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")))
+    end = datetime.strptime(
+        [line for line in log.splitlines() if "done in" in line][-1][:23], "%Y-%m-%d %H:%M:%S,%f"
+    )
+    times = {
+        stage: ((starts[k + 1][1] if k + 1 < len(starts) else end) - start).total_seconds()
+        for k, (stage, start) in enumerate(starts)
+    }
+    minutes = float(re.search(r"done in ([0-9.]+) minutes", log).group(1))
+    table = {}
+    for line in (out / "results.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ROWS:
+            table[cells[0]] = cells[1:]
+    return times, minutes, table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="a git revision to run the demo at first, for comparison")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/demo.md")
+    args = parser.parse_args(argv)
+    runs = {}
+    with tempfile.TemporaryDirectory() as folder:
+        if args.baseline:
+            tree = Path(folder) / "baseline"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT, check=True
+            )
+            try:
+                runs[f"`{args.baseline}`"] = run_demo(tree, Path(folder) / "demo_baseline")
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        runs[f"`{head.stdout.strip()}` (this one)"] = run_demo(ROOT, Path(folder) / "demo")
+    time_table = "| revision | " + " | ".join(STAGES.values()) + " | total (as logged) |\n"
+    time_table += "|---|" + "---:|" * (len(STAGES) + 1) + "\n"
+    time_table += "".join(
+        f"| {rev} | "
+        + " | ".join(f"{times.get(s, 0):.0f} s" for s in STAGES.values())
+        + f" | {minutes:.1f} min |\n"
+        for rev, (times, minutes, _) in runs.items()
+    )
+    ap_table = "| revision | metric | Mask R-CNN | Mask R-CNN +ft | MR R-CNN |\n|---|---|---:|---:|---:|\n"
+    ap_table += "".join(
+        f"| {rev} | {row} | {' | '.join(table.get(row, ['-'] * 3))} |\n"
+        for rev, (_, _, table) in runs.items()
+        for row in ROWS
+    )
+    text = (
+        "# `mrrcnn demo` on the CPU: how long it takes, and its table\n\n"
+        f"{header('demo.py', argv, 1)}\n\n- cpu: {machine('cpu')}\n\n"
+        "The demo with its defaults (240 + 60 synthetic images of 160 px, seed 0), each in a process of its "
+        "own; seconds per stage from its log, the total as it logs it, and its table's AP (COCO, %).\n\n"
+        + time_table
+        + "\n"
+        + ap_table
+    )
+    print(text)
+    write_report(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
