@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -106,3 +109,40 @@ def write_report(out: Path, text: str) -> None:
         text += "\nNo GPU on this machine: no CUDA rows.\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """This repository at ``revision``, checked out in a temporary git worktree, removed afterwards."""
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=ROOT, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
+
+
+def table_rows(markdown: str, keys: int) -> dict[tuple[str, ...], list[str]]:
+    """The data rows of the markdown tables in ``markdown``: their first ``keys`` cells -> the rest."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) > keys and not set(cells[0]) <= {"-", ":"}:
+            rows[tuple(cells[:keys])] = cells[keys:]
+    return rows
+
+
+def at_revision(revision: str, script: str, args: list[str]) -> str:
+    """The report this checkout's ``bench/<script>`` writes with ``args`` when it runs on the package as of
+    ``revision`` (``PYTHONPATH`` a worktree of it): a before and after in one session, on one machine."""
+    with worktree(revision) as tree, tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "report.md"
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)], env=env, check=True
+        )
+        return out.read_text()

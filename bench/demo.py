@@ -19,9 +19,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from common import header, machine, write_report
+from common import ROOT, header, machine, worktree, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
 # Log line that starts a stage -> the stage's name in the table.
 STAGES = {
     "[1/6] synthetic data": "data",
@@ -75,14 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as folder:
         if args.baseline:
-            tree = Path(folder) / "baseline"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT, check=True
-            )
-            try:
+            with worktree(args.baseline) as tree:
                 runs[f"`{args.baseline}`"] = run_demo(tree, Path(folder) / "demo_baseline")
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         )

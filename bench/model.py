@@ -32,10 +32,12 @@ from pathlib import Path
 import torch
 import torchvision
 from common import (
+    at_revision,
     header,
     machine,
     median_seconds_side_by_side,
     peak_extra_mib,
+    table_rows,
     track_allocations_exactly,
     write_report,
 )
@@ -291,6 +293,14 @@ def profile_summary(top: int = 8) -> str:
     return text
 
 
+def _compared(before: dict, key: tuple[str, ...], seconds: float, baseline: str | None) -> str:
+    """The baseline's cells of a row: its seconds and how much faster this run is (none without one)."""
+    if baseline is None:
+        return ""
+    then = before.get(key)
+    return f" {then[0]} | {float(then[0]) / seconds:.2f}x faster |" if then else " - | - |"
+
+
 def write_variants_cost(rows: list[tuple], argv: list[str] | None) -> None:
     """The ``variants`` rows on the CPU as :data:`VARIANTS_COST`: per weighting, seconds and ratio to own."""
     cost: dict = {"command": " ".join(["python bench/model.py", *(sys.argv[1:] if argv is None else argv)])}
@@ -312,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     parser.add_argument("--devices", nargs="+", choices=available, default=available)
     parser.add_argument("--scales", nargs="+", choices=list(SCALES), default=["r50", "demo"])
+    parser.add_argument(
+        "--baseline", help="a git revision whose package this script also times, CPU rows, beside these"
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         name = "model_variants.md" if args.scales == ["variants"] else "model.md"
@@ -328,13 +341,18 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if "variants" in args.scales and "cpu" in args.devices:
         write_variants_cost(rows, argv)
+    before = {}
+    if args.baseline:
+        options = ["--scales", *args.scales, "--devices", "cpu", "--repeats", str(args.repeats)]
+        before = table_rows(at_revision(args.baseline, "model.py", options), 4)
+    then = f" `{args.baseline}` s | now vs `{args.baseline}` |" if args.baseline else ""
     table = (
-        "| scale | device, precision | task | model | median s | time vs reference | GFLOP | FLOP ratio | "
-        "peak extra MiB | memory vs Mask R-CNN | detections |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| scale | device, precision | task | model | median s |{then} time vs reference | GFLOP | FLOP ratio | "
+        "peak extra MiB | memory vs reference | detections |\n"
+        "|---|---|---|---|---:|" + "---:|" * (2 * bool(args.baseline)) + "---:|---:|---:|---:|---:|---:|\n"
     ) + "".join(
-        f"| {sc} | {d} | {task} | {name} | {s:.3f} | {r:.2f}x | {f:.1f} | {fr:.2f}x | {mem:.0f} | {mr:.2f}x | "
-        f"{'' if det is None else det} |\n"
+        f"| {sc} | {d} | {task} | {name} | {s:.3f} |{_compared(before, (sc, d, task, name), s, args.baseline)} "
+        f"{r:.2f}x | {f:.1f} | {fr:.2f}x | {mem:.0f} | {mr:.2f}x | {'' if det is None else det} |\n"
         for sc, d, task, name, s, r, f, mem, mr, fr, det in rows
     )
     text = (
@@ -350,7 +368,15 @@ def main(argv: list[str] | None = None) -> None:
         "`torch.utils.flop_counter`): the floor the refining heads' added arithmetic would set on the time "
         "ratio if every FLOP took the same time. Peak extra memory: the peak above what was allocated before "
         "the call (CPU: resident set; CUDA: the caching allocator's peak). `amp`: under `torch.autocast` "
-        "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA.\n\n" + table
+        "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA."
+        + (
+            f" `{args.baseline}` s: the same cell timed by this script on the package as of that revision (a "
+            "git worktree), in the same run, after this one's."
+            if args.baseline
+            else ""
+        )
+        + "\n\n"
+        + table
     )
     if cpu_demo:
         text += (

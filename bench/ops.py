@@ -22,10 +22,18 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import header, machine, median_seconds, peak_extra_mib, track_allocations_exactly, write_report
+from common import (
+    at_revision,
+    header,
+    machine,
+    median_seconds,
+    peak_extra_mib,
+    table_rows,
+    track_allocations_exactly,
+    write_report,
+)
 
-from mrrcnn.ops import gather, roi_align, shape_aware_roi_align
-from mrrcnn.ops.geometry import geometry_dtype, roi_geometry
+from mrrcnn.ops import roi_align, shape_aware_roi_align
 
 SIZES = {
     # name: (boxes, batch, channels, map height, map width, spatial scale, sampling ratio)
@@ -85,6 +93,10 @@ def run_once(impl: str, mode: str, features, rois, masks, grad, scale, sampling_
 def gather_path(f, rois, m, grad, scale, sampling_ratio):
     """The operator's gather kernels called directly (CUDA's fallback): forward and, given ``grad``, both
     gradients, as autograd would call them."""
+    # Imported here: a --baseline run of this script may use a package from before these modules.
+    from mrrcnn.ops import gather
+    from mrrcnn.ops.geometry import geometry_dtype, roi_geometry
+
     geometry = roi_geometry(
         rois, f.shape[0], OUTPUT_SIZE, scale, sampling_ratio, False, geometry_dtype(f.dtype)
     )
@@ -131,6 +143,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="report path (default docs/benchmarks/ops.md; none with --quick)"
     )
+    parser.add_argument(
+        "--baseline", help="a git revision whose package this script also times, CPU rows, beside these"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or ["smoke"]
@@ -175,15 +190,31 @@ def main(argv: list[str] | None = None) -> None:
         "| device | size | features | pass | implementation | median ms | vs torchvision | output GB/s | "
         "peak extra MiB | output MiB |\n|---|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
+    before = {}
+    if args.baseline:
+        sizes = [s for s in args.sizes or DEFAULT_SIZES["cpu"]]
+        options = ["--devices", "cpu", "--sizes", *sizes, "--repeats", str(args.repeats)]
+        before = table_rows(at_revision(args.baseline, "ops.py", options), 5)
+        columns = columns.replace(
+            " peak extra MiB |", f" `{args.baseline}` ms | now vs `{args.baseline}` | peak extra MiB |"
+        )
+        columns = columns.replace("|---:|---:|---:|---:|---:|\n", "|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for cell in cells:
         device, size, layout, mode, impl = cell
         baseline = seconds[device, size, "NCHW", mode, "torchvision roi_align"]
         output_bytes = cases[device, size, layout][3].numel() * 4
+        then = before.get((device_label(device), size, layout, mode, impl))
+        compared = (
+            ()
+            if not args.baseline
+            else ((then[0], f"{float(then[0]) / (seconds[cell] * 1e3):.2f}x faster") if then else ("-", "-"))
+        )
         values = (
             f"{seconds[cell] * 1e3:.2f}",
             f"{seconds[cell] / baseline:.2f}x",
             f"{output_bytes / seconds[cell] / 1e9:.1f}",
+            *compared,
             f"{memory[cell]:.0f}",
             f"{output_bytes / 2**20:.1f}",
         )
@@ -210,7 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         "`output GB/s` is the float32 output's size over the time: the rate at which the pass produces its "
         "result, against the memory bandwidth of the device (reading the features comes on top). On CUDA, "
         "`ours` runs the Triton kernels (from NCHW features, after a copy to channels-last that the time "
-        "includes) and `embedding_bag shape-aware` the fallback path.\n\n" + table
+        "includes) and `embedding_bag shape-aware` the fallback path."
+        + (
+            f" `{args.baseline}` ms: the same cell timed by this script on the package as of that revision "
+            "(a git worktree), in the same run, after this one's."
+            if args.baseline
+            else ""
+        )
+        + "\n\n"
+        + table
     )
     print(table)
     if args.out is not None:
