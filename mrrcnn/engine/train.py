@@ -366,7 +366,8 @@ def _evaluate(trainer: Trainer, writer: SummaryWriter | None) -> None:
 
 def _check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint that is not a ``last.pth``, or a configuration changed in more than
-    ``train.iterations`` (and ``train.output_dir``, which may be spelled otherwise or moved)."""
+    ``train.iterations`` (and ``train.output_dir``, which may be spelled otherwise or moved, and
+    ``data.workers``, which changes nothing the run computes)."""
     missing = sorted({*RESUME_KEYS, "model", "config", "iteration"} - state.keys())
     if missing:
         raise ValueError(f"cannot resume from {path}: it lacks {missing} (is it a last.pth of mrrcnn train?)")
@@ -381,7 +382,8 @@ def _check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) 
         }
 
     saved, now = flat(validate_config(state["config"])), flat(config)
-    free = ("train.iterations", "train.output_dir")
+    # The data depend on the seed alone, not on how many processes load them (_SampleStream).
+    free = ("train.iterations", "train.output_dir", "data.workers")
     changed = [
         f"{key}: {saved.get(key, '<unset>')!r} -> {now.get(key, '<unset>')!r}"
         for key in sorted(saved.keys() | now.keys())

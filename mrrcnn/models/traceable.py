@@ -6,7 +6,8 @@ exporting its Mask R-CNN (pytorch/vision#9321, #9462), and so of ours; while :fu
 is active they are replaced by equivalents without such branches:
 
 - ``torchvision.ops.boxes.batched_nms`` chooses per-class NMS or the coordinate offset trick by the
-  number of boxes, and returns early for none: :func:`batched_nms` always offsets (one NMS call);
+  number of boxes, and returns early for none: :func:`batched_nms` always offsets (one NMS call, in
+  float64 but for ONNX);
 - the transform's ``_resize_image_and_masks`` picks the scale with Python's ``min`` over the image
   sides: :func:`resize_image` uses ``torch.sym_min`` (no guard on portrait or landscape);
 - its ``batch_images`` pads the batch to a multiple of 32 with ``int(math.ceil(...))``, which fixes the
@@ -43,10 +44,16 @@ from torchvision.ops import nms
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """``torchvision.ops.batched_nms`` by the coordinate offset trick alone: boxes of different ``idxs``
-    are moved apart by more than any box is wide, so that one NMS never lets them suppress each other."""
+    are moved apart by more than any box is wide, so that one NMS never lets them suppress each other.
+
+    In float64, where the moved boxes stay exact (91 classes of a 1333-pixel image move them by up to
+    121,000 pixels, where float32 resolves 1/128 of a pixel: enough to tip a near-threshold suppression
+    against torchvision's per-class NMS); in float32 for ONNX, whose NonMaxSuppression takes no other."""
+    dtype = boxes.dtype if torch.onnx.is_in_onnx_export() else torch.float64
+    boxes = boxes.to(dtype)
     max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return nms(boxes + offsets[:, None], scores.to(dtype), iou_threshold)
 
 
 def resize_image(
