@@ -136,6 +136,11 @@ def table_rows(markdown: str, keys: int) -> dict[tuple[str, ...], list[str]]:
     return rows
 
 
+def speedup(before: float, now: float) -> str:
+    """How a time compares with the same cell before, in words: ``1.15x faster`` or ``1.28x slower``."""
+    return f"{before / now:.2f}x faster" if now <= before else f"{now / before:.2f}x slower"
+
+
 def at_revision(revision: str, script: str, args: list[str]) -> str:
     """The report this checkout's ``bench/<script>`` writes with ``args`` when it runs on the package as of
     ``revision`` (``PYTHONPATH`` a worktree of it): a before and after in one session, on one machine."""

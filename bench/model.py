@@ -37,6 +37,7 @@ from common import (
     machine,
     median_seconds_side_by_side,
     peak_extra_mib,
+    speedup,
     table_rows,
     track_allocations_exactly,
     write_report,
@@ -298,7 +299,7 @@ def _compared(before: dict, key: tuple[str, ...], seconds: float, baseline: str 
     if baseline is None:
         return ""
     then = before.get(key)
-    return f" {then[0]} | {float(then[0]) / seconds:.2f}x faster |" if then else " - | - |"
+    return f" {then[0]} | {speedup(float(then[0]), seconds)} |" if then else " - | - |"
 
 
 def write_variants_cost(rows: list[tuple], argv: list[str] | None) -> None:

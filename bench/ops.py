@@ -28,6 +28,7 @@ from common import (
     machine,
     median_seconds,
     peak_extra_mib,
+    speedup,
     table_rows,
     track_allocations_exactly,
     write_report,
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         compared = (
             ()
             if not args.baseline
-            else ((then[0], f"{float(then[0]) / (seconds[cell] * 1e3):.2f}x faster") if then else ("-", "-"))
+            else ((then[0], speedup(float(then[0]), seconds[cell] * 1e3)) if then else ("-", "-"))
         )
         values = (
             f"{seconds[cell] * 1e3:.2f}",

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, project_masks_on_boxes
 from torchvision.ops import boxes as box_ops
 
 from ..ops import MultiScaleShapeAwareRoIAlign, roi_align
@@ -103,6 +103,33 @@ def ground_truth_masks_in_boxes(
         resampled = roi_align(gt_masks[:, None], rois, size, 1.0)[:, 0]
         out.append(1 - resampled if others else resampled)
     return torch.cat(out)
+
+
+def mask_loss(
+    mask_logits: Tensor,
+    proposals: list[Tensor],
+    gt_masks: list[Tensor],
+    gt_labels: list[Tensor],
+    matched_idxs: list[Tensor],
+) -> Tensor:
+    """torchvision's ``maskrcnn_loss``, bit for bit, without its Python branch on an empty foreground.
+
+    The mean binary cross-entropy of each foreground RoI's mask logits ``Tensor[N, K, M, M]`` for its
+    ground-truth class against that instance's mask (``gt_masks``: one ``Tensor[G_i, H, W]`` per image)
+    projected into its box (``proposals``: one ``Tensor[N_i, 4]`` per image; ``matched_idxs``: the
+    ground truth of each). Zero, with zero gradients, when ``N = 0``. torchvision branches on
+    ``numel() == 0``, which ``torch.compile`` cannot decide for a data-dependent ``N`` (a graph break at
+    each of the refining module's two mask losses); here a tensor decides."""
+    labels = torch.cat([gt[i] for gt, i in zip(gt_labels, matched_idxs)])
+    targets = torch.cat(
+        [
+            project_masks_on_boxes(m, p, i, mask_logits.shape[-1])
+            for m, p, i in zip(gt_masks, proposals, matched_idxs)
+        ]
+    )
+    loss = F.binary_cross_entropy_with_logits(_select_class(mask_logits, labels), targets)
+    # The mean over no RoI is NaN; torch.where's gradient for the branch it drops is zero.
+    return torch.where((labels >= 0).any(), loss, loss.new_zeros(()))
 
 
 def _select_class(per_class: Tensor, classes: Tensor) -> Tensor:
@@ -300,7 +327,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         mask_logits = self.mask_predictor(
             self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
         )
-        loss_mask = maskrcnn_loss(
+        loss_mask = mask_loss(
             mask_logits,
             mask_proposals,
             [t["masks"] for t in targets],
@@ -352,7 +379,7 @@ class MaskRefiningRoIHeads(RoIHeads):
         else:
             refined = [b[lab > 0] for b, lab in zip(boxes, labels)]
         mask_logits = self._refine_masks(features, refined, mask_features, image_shapes)
-        losses["loss_refine_mask"] = maskrcnn_loss(
+        losses["loss_refine_mask"] = mask_loss(
             mask_logits,
             refined,
             [t["masks"] for t in targets],
@@ -575,6 +602,11 @@ class MaskRefiningRoIHeads(RoIHeads):
             ``labels: Int64Tensor[N_i]`` (0 for background), ``regression_targets: Tensor[N_i, 4]``.
         """
         gt_boxes = [t["boxes"].to(boxes[0].dtype) for t in targets]
+        for b, gt in zip(boxes, gt_boxes):
+            if gt.numel():
+                # Stage 1 sampled the ground-truth boxes, which it adds to the proposals, as foreground:
+                # said for torch.compile, which cannot decide the matcher's branch on an empty image.
+                torch._check(b.shape[0] > 0)
         matched_idxs, labels = self.assign_targets_to_proposals(
             boxes, gt_boxes, [t["labels"] for t in targets]
         )

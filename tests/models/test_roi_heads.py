@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss, project_masks_on_boxes
 
 from mrrcnn.models import fuse_scores, mrrcnn_small, refining_classes
-from mrrcnn.models.roi_heads import ground_truth_masks_in_boxes
+from mrrcnn.models.roi_heads import ground_truth_masks_in_boxes, mask_loss
 
 
 def test_fuse_scores_hand_computed():
@@ -118,3 +118,32 @@ def test_ground_truth_masks_in_boxes_hand_computed():
 def test_sara_masks_must_be_known():
     with pytest.raises(ValueError, match="sara_masks must be one of"):
         mrrcnn_small(num_classes=4, sara_masks="truth")
+
+
+def _mask_loss_inputs(counts: list[int]) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(sum(counts), 3, 14, 14, generator=g, requires_grad=True)
+    masks = [(torch.rand(2, 40, 50, generator=g) > 0.5).to(torch.uint8) for _ in counts]
+    proposals = [
+        torch.tensor([[2.0, 3.0, 30.0, 35.0]]).repeat(n, 1) + torch.rand(n, 4, generator=g) * 5
+        for n in counts
+    ]
+    labels = [torch.tensor([1, 2]) for _ in counts]
+    matched = [torch.randint(0, 2, (n,), generator=g) for n in counts]
+    return logits, proposals, masks, labels, matched
+
+
+def test_mask_loss_is_torchvisions_bit_for_bit_with_its_gradient():
+    logits, *rest = _mask_loss_inputs([3, 5])
+    ours = mask_loss(logits, *rest)
+    (grad,) = torch.autograd.grad(ours, logits)
+    theirs = maskrcnn_loss(logits, *rest)
+    (their_grad,) = torch.autograd.grad(theirs, logits)
+    assert torch.equal(ours, theirs) and torch.equal(grad, their_grad)
+
+
+def test_mask_loss_without_foreground_is_zero_with_zero_gradient():
+    logits, *rest = _mask_loss_inputs([0, 0])
+    loss = mask_loss(logits, *rest)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == 0.0 and grad.shape == logits.shape and not grad.any()
