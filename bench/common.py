@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -112,6 +112,7 @@ def write_report(out: Path, text: str) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -129,11 +130,33 @@ def worktree(revision: str) -> Iterator[Path]:
 def table_rows(markdown: str, keys: int) -> dict[tuple[str, ...], list[str]]:
     """The data rows of the markdown tables in ``markdown``: their first ``keys`` cells -> the rest."""
     rows = {}
-    for line in markdown.splitlines():
+    lines = markdown.splitlines()
+    for line, following in zip(lines, [*lines[1:], ""]):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) > keys and not set(cells[0]) <= {"-", ":"}:
+        header = following.startswith("|---")
+        if line.startswith("|") and len(cells) > keys and not header and not set(cells[0]) <= {"-", ":"}:
             rows[tuple(cells[:keys])] = cells[keys:]
     return rows
+
+
+def around_baseline(
+    revision: str | None, script: str, args: list[str], keys: int, measure: Callable[[], T]
+) -> tuple[T, dict[tuple[str, ...], list[str]]]:
+    """``measure()``, and with a ``revision`` the rows of ``script``'s report on the package as of it
+    (:func:`at_revision`, ``keys`` cells a key), made once before ``measure`` and once after: each row's
+    first cell, its time, is the mean of the two, so that the machine drifting faster or slower over the
+    run weighs on both sides alike."""
+    if revision is None:
+        return measure(), {}
+    first = table_rows(at_revision(revision, script, args), keys)
+    result = measure()
+    second = table_rows(at_revision(revision, script, args), keys)
+    rows = {}
+    for key, (before, *rest) in first.items():
+        if key in second:
+            decimals = len(before.partition(".")[2])
+            rows[key] = [f"{(float(before) + float(second[key][0])) / 2:.{decimals}f}", *rest]
+    return result, rows
 
 
 def speedup(before: float, now: float) -> str:

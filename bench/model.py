@@ -32,13 +32,12 @@ from pathlib import Path
 import torch
 import torchvision
 from common import (
-    at_revision,
+    around_baseline,
     header,
     machine,
     median_seconds_side_by_side,
     peak_extra_mib,
     speedup,
-    table_rows,
     track_allocations_exactly,
     write_report,
 )
@@ -333,19 +332,22 @@ def main(argv: list[str] | None = None) -> None:
 
     cpu_demo = "demo" in args.scales and "cpu" in args.devices
     # (scale, device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
-    rows = [
-        row
-        for scale in args.scales
-        for device in args.devices
-        for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
-        for row in measure(scale, device, precision, args.repeats)
-    ]
+    options = ["--scales", *args.scales, "--devices", "cpu", "--repeats", str(args.repeats)]
+    rows, before = around_baseline(
+        args.baseline,
+        "model.py",
+        options,
+        4,
+        lambda: [
+            row
+            for scale in args.scales
+            for device in args.devices
+            for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
+            for row in measure(scale, device, precision, args.repeats)
+        ],
+    )
     if "variants" in args.scales and "cpu" in args.devices:
         write_variants_cost(rows, argv)
-    before = {}
-    if args.baseline:
-        options = ["--scales", *args.scales, "--devices", "cpu", "--repeats", str(args.repeats)]
-        before = table_rows(at_revision(args.baseline, "model.py", options), 4)
     then = f" `{args.baseline}` s | now vs `{args.baseline}` |" if args.baseline else ""
     table = (
         f"| scale | device, precision | task | model | median s |{then} time vs reference | GFLOP | FLOP ratio | "
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         "(float16) with a gradient scaler, as `mrrcnn train` runs on CUDA."
         + (
             f" `{args.baseline}` s: the same cell timed by this script on the package as of that revision (a "
-            "git worktree), in the same run, after this one's."
+            "git worktree), in the same run, once before this one's and once after: the mean of the two."
             if args.baseline
             else ""
         )

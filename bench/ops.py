@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 import torchvision
 from common import (
-    at_revision,
+    around_baseline,
     header,
     machine,
     median_seconds,
     peak_extra_mib,
     speedup,
-    table_rows,
     track_allocations_exactly,
     write_report,
 )
@@ -160,16 +159,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    cells = [
-        (device, size, layout, mode, impl)
-        for device in args.devices
-        for size in args.sizes or DEFAULT_SIZES[device]
-        for layout in ("NCHW", "channels_last")
-        for mode in ("forward", "forward+backward")
-        for impl in IMPLEMENTATIONS[device]
-    ]
+def measure(cells: list[tuple[str, ...]], args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """The cases (inputs), median seconds and peak extra MiB of every cell."""
     cases = {}
     seconds, memory = {}, {}
     for cell in cells:
@@ -186,16 +177,35 @@ def main(argv: list[str] | None = None) -> None:
     for cell in cells:
         device, size, layout, mode, impl = cell
         memory[cell] = peak_extra_mib(partial(run_once, impl, mode, *cases[device, size, layout]), device)
+    return cases, seconds, memory
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cells = [
+        (device, size, layout, mode, impl)
+        for device in args.devices
+        for size in args.sizes or DEFAULT_SIZES[device]
+        for layout in ("NCHW", "channels_last")
+        for mode in ("forward", "forward+backward")
+        for impl in IMPLEMENTATIONS[device]
+    ]
+    options = [
+        "--devices",
+        "cpu",
+        "--sizes",
+        *(args.sizes or DEFAULT_SIZES["cpu"]),
+        "--repeats",
+        str(args.repeats),
+    ]
+    (cases, seconds, memory), before = around_baseline(
+        args.baseline, "ops.py", options, 5, partial(measure, cells, args)
+    )
     columns = (
         "| device | size | features | pass | implementation | median ms | vs torchvision | output GB/s | "
         "peak extra MiB | output MiB |\n|---|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
-    before = {}
     if args.baseline:
-        sizes = [s for s in args.sizes or DEFAULT_SIZES["cpu"]]
-        options = ["--devices", "cpu", "--sizes", *sizes, "--repeats", str(args.repeats)]
-        before = table_rows(at_revision(args.baseline, "ops.py", options), 5)
         columns = columns.replace(
             " peak extra MiB |", f" `{args.baseline}` ms | now vs `{args.baseline}` | peak extra MiB |"
         )
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "includes) and `embedding_bag shape-aware` the fallback path."
         + (
             f" `{args.baseline}` ms: the same cell timed by this script on the package as of that revision "
-            "(a git worktree), in the same run, after this one's."
+            "(a git worktree), in the same run, once before this one's and once after: the mean of the two."
             if args.baseline
             else ""
         )
