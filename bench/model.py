@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -225,8 +226,9 @@ def tasks(scale: str, device: str) -> dict:
     }
 
 
-def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple]:
-    """The table's rows for one (scale, device, precision): time, FLOPs and peak memory per task and model."""
+def measure(scale: str, device: str, precision: str, repeats: int) -> dict[tuple[str, str], tuple]:
+    """Time and FLOPs of every task and model of one (scale, device, precision): ``(task, model) -> (its
+    step function, median seconds, GFLOP, detections)``."""
     models = SCALES[scale][0](device)
     amp = precision == "amp"
     measured = {}
@@ -245,12 +247,15 @@ def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple
                 f"{scale} {device} {precision} {task} {name}: {seconds[name]:.3f} s, {flops:.1f} GFLOP",
                 file=sys.stderr,
             )
-    # Memory last: glibc's 64 KiB mmap threshold makes the resident set follow every tensor (bench/ops.py).
-    if device == "cpu":
-        track_allocations_exactly()
+    return measured
+
+
+def rows_with_memory(scale: str, device: str, precision: str, measured: dict) -> list[tuple]:
+    """The table's rows for one (scale, device, precision) from :func:`measure`'s cells, each step's peak
+    memory measured now; against the scale's first model, its reference."""
     memory = {key: peak_extra_mib(fn, device) for key, (fn, *_) in measured.items()}
     rows = []
-    reference = next(iter(models))
+    reference = next(iter(measured))[1]
     for (task, name), (_, seconds, flops, detections) in measured.items():
         _, base_seconds, base_flops, _ = measured[task, reference]
         base_memory = memory[task, reference]
@@ -270,6 +275,23 @@ def measure(scale: str, device: str, precision: str, repeats: int) -> list[tuple
             )
         )
     return rows
+
+
+def measure_all(scales: list[str], devices: list[str], repeats: int) -> tuple[list[tuple], str]:
+    """Every row of the table, and the demo's profile summary (empty without the CPU demo scale). Memory
+    last, after every timing and the profile: glibc's 64 KiB mmap threshold, which makes the resident set
+    follow every tensor (bench/ops.py), stays set for the process and costs page faults."""
+    measured = {
+        (scale, device, precision): measure(scale, device, precision, repeats)
+        for scale in scales
+        for device in devices
+        # float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there
+        for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
+    }
+    profile = profile_summary() if "demo" in scales and "cpu" in devices else ""
+    if "cpu" in devices:
+        track_allocations_exactly()
+    return [row for key, cells in measured.items() for row in rows_with_memory(*key, cells)], profile
 
 
 def profile_summary(top: int = 8) -> str:
@@ -330,21 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         name = "model_variants.md" if args.scales == ["variants"] else "model.md"
         args.out = ROOT / "docs" / "benchmarks" / name
 
-    cpu_demo = "demo" in args.scales and "cpu" in args.devices
-    # (scale, device, precision): float32 everywhere; on CUDA also AMP, as `mrrcnn train` runs there.
     options = ["--scales", *args.scales, "--devices", "cpu", "--repeats", str(args.repeats)]
-    rows, before = around_baseline(
-        args.baseline,
-        "model.py",
-        options,
-        4,
-        lambda: [
-            row
-            for scale in args.scales
-            for device in args.devices
-            for precision in (("fp32", "amp") if device == "cuda" else ("fp32",))
-            for row in measure(scale, device, precision, args.repeats)
-        ],
+    (rows, profile), before = around_baseline(
+        args.baseline, "model.py", options, 4, partial(measure_all, args.scales, args.devices, args.repeats)
     )
     if "variants" in args.scales and "cpu" in args.devices:
         write_variants_cost(rows, argv)
@@ -381,10 +391,9 @@ def main(argv: list[str] | None = None) -> None:
         + "\n\n"
         + table
     )
-    if cpu_demo:
+    if profile:
         text += (
-            "\nWhere the demo's training step spends its time (CPU, `torch.profiler`, 3 steps):\n"
-            + profile_summary()
+            "\nWhere the demo's training step spends its time (CPU, `torch.profiler`, 3 steps):\n" + profile
         )
     print(text)
     write_report(args.out, text)
