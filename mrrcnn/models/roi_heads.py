@@ -604,9 +604,12 @@ class MaskRefiningRoIHeads(RoIHeads):
         gt_boxes = [t["boxes"].to(boxes[0].dtype) for t in targets]
         for b, gt in zip(boxes, gt_boxes):
             if gt.numel():
-                # Stage 1 sampled the ground-truth boxes, which it adds to the proposals, as foreground:
-                # said for torch.compile, which cannot decide the matcher's branch on an empty image.
-                torch._check(b.shape[0] > 0)
+                # torchvision's matcher raises this for an image with ground truth and no sampled RoI; said
+                # here first so that torch.compile can decide the matcher's branch on an empty image.
+                torch._check_value(
+                    b.shape[0] > 0,
+                    lambda: "No proposal boxes available for one of the images during training",
+                )
         matched_idxs, labels = self.assign_targets_to_proposals(
             boxes, gt_boxes, [t["labels"] for t in targets]
         )

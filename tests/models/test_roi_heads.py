@@ -147,3 +147,9 @@ def test_mask_loss_without_foreground_is_zero_with_zero_gradient():
     loss = mask_loss(logits, *rest)
     (grad,) = torch.autograd.grad(loss, logits)
     assert loss.item() == 0.0 and grad.shape == logits.shape and not grad.any()
+
+
+def test_assign_refining_targets_without_boxes_but_with_ground_truth_says_what_torchvision_says(heads):
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match="No proposal boxes available"):
+        heads.assign_refining_targets([torch.zeros(0, 4)], [gt])
