@@ -57,6 +57,8 @@ OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 # onnxruntime 1.32 has no RoiAlign of opset 22.
 DEFAULT_OPSET = {"onnx": 18, "onnx-legacy": 17}
 OPSETS = {"onnx": (18, 21), "onnx-legacy": (11, 20)}
+# The packages a format's exporter needs beyond torch (the export extra).
+_PACKAGES = {"onnx": ("onnx", "onnxscript"), "onnx-legacy": ("onnx",)}
 
 # What "agrees with PyTorch" means, for each detection of each check image.
 # Box coordinates within 1e-3 of the box's width (x1, x2) or height (y1, y2), at least 1e-3 px: decoding
@@ -193,7 +195,7 @@ def export_model(
     _check_arguments(fmt, image_size, opset)
     if fmt != "torchscript":
         _check_memory(model, image_size)
-    for package in ("onnx", "onnxscript") if fmt == "onnx" else ("onnx",) if fmt == "onnx-legacy" else ():
+    for package in _PACKAGES.get(fmt, ()):
         if importlib.util.find_spec(package) is None:
             raise ValueError(f"{fmt} export needs the {package} package: pip install 'mrrcnn[export]'")
     detector = SingleImageDetector(copy.deepcopy(model).cpu().eval())
