@@ -96,8 +96,9 @@ def _group(
     x_index, x_weight = _axis_samples(geometry[:, X1], geometry[:, BIN_W], ow, gw, width)
     rows = geometry[:, IMAGE].long().view(k, 1, 1, 1) * height + y_index
     index = rows.view(k, oh, 1, gh, 2, 1, 1) * width + x_index.view(k, 1, ow, 1, 1, gw, 2)
+    # Validity (0 or 1) on the small factor: the same products as on the table, bit for bit.
+    y_weight = y_weight * geometry[:, VALID].view(k, 1, 1, 1)
     taps = y_weight.view(k, oh, 1, gh, 2, 1, 1) * (x_weight.view(k, 1, ow, 1, 1, gw, 2) / (gh * gw))
-    taps = taps * geometry[:, VALID].view(k, 1, 1, 1, 1, 1, 1)
     prob = None
     if masks is not None:
         # The sample at relative position (u, v) of its box reads the mask at (u * Wp - 0.5, v * Hp - 0.5):

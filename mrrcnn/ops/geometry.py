@@ -46,23 +46,24 @@ def roi_geometry(
             ``<= 0`` for the adaptive grid (0 samples for a non-finite or huge box, and for invalid RoIs).
     """
     rois = rois.to(dtype)
-    offset = 0.5 if aligned else 0.0
     index = rois[:, 0]
-    x1 = rois[:, 1] * spatial_scale - offset
-    y1 = rois[:, 2] * spatial_scale - offset
-    roi_w = rois[:, 3] * spatial_scale - offset - x1
-    roi_h = rois[:, 4] * spatial_scale - offset - y1
+    # (x1, y1, x2, y2) in feature-map pixels; subtracting a zero offset would change no bit.
+    corners = rois[:, 1:] * spatial_scale
+    if aligned:
+        corners = corners - 0.5
+    size = corners[:, 2:] - corners[:, :2]
     if not aligned:
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h, bin_w = roi_h / output_size[0], roi_w / output_size[1]
+        size = size.clamp(min=1.0)
+    bin_h, bin_w = size[:, 1] / output_size[0], size[:, 0] / output_size[1]
     valid = (index >= 0) & (index < batch) & (index == index.floor())
     if sampling_ratio > 0:
         grid_h = grid_w = torch.full_like(index, float(sampling_ratio))
     else:
-        grid_h, grid_w = (_adaptive_grid(size, valid) for size in (bin_h, bin_w))
+        grid_h, grid_w = _adaptive_grid(torch.stack([bin_h, bin_w], dim=1), valid[:, None]).unbind(1)
     image = torch.where(valid, index, 0.0)
-    return torch.stack([image, y1, x1, bin_h, bin_w, grid_h, grid_w, valid.to(dtype)], dim=1)
+    return torch.stack(
+        [image, corners[:, 1], corners[:, 0], bin_h, bin_w, grid_h, grid_w, valid.to(dtype)], dim=1
+    )
 
 
 def _adaptive_grid(bin_size: Tensor, valid: Tensor) -> Tensor:
