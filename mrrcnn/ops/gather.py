@@ -9,7 +9,7 @@ channels-last feature rows:
 - forward: ``embedding_bag(pixels, features, bins, weights)``, a fused gather and weighted sum;
 - feature gradient: the transposed map, the same entries sorted by pixel and summed by another
   ``embedding_bag`` over the rows of the output gradient: the sums of ``embedding_bag``'s own dense
-  backward in its order, so equal to it bit for bit, several times faster, and deterministic;
+  backward in its order, so equal to it bit for bit, faster, and deterministic;
 - mask gradient: ``sum_c grad_c * f_c(tap)`` for every entry (``embedding_bag``'s per-sample-weight
   backward), times its bilinear coefficient, summed over each sample's four taps and carried back through
   the bilinear resizing that placed the mask on the sample grid; both gradients from one set of tables.
