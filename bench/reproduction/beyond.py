@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mrrcnn.data import CocoDetection
 from mrrcnn.engine.checkpoint import load_model
 
-from .runs import BENCHMARKS, ROOT, Benchmark, data_overrides, evaluate, train_runs, write_commands
+from .runs import BENCHMARKS, ROOT, Benchmark, data_overrides, evaluate, logger, train_runs, write_commands
 from .sara import detected_mask_quality, stage1_model
 
 STUDY = "beyond"
@@ -91,9 +91,15 @@ def read_mask_quality(weights: Path, work: Path) -> dict[str, float]:
 
 def run_seed(benchmark: Benchmark, seed: int, runs: tuple[str, ...], work: Path, data_command: str) -> None:
     """Train and evaluate one seed's ``runs`` (and their base), with the quality of the masks each SARA
-    variant reads; every step skipped when its output exists."""
-    weights = train_runs(benchmark, runs, seed, work)
+    variant reads; every step skipped when its output exists, the whole seed when all its results are in
+    (so a machine without its checkpoints does not train it again)."""
     results = benchmark.results / f"seed{seed}"
+    outputs = ["commands.json", *(f"{run}.json" for run in ("maskrcnn", *runs))]
+    outputs += [f"{run}_read_masks.json" for run in runs if run != BASELINE]
+    if all((results / name).is_file() for name in outputs):
+        logger.info("seed %d: every result in %s, skipped", seed, results)
+        return
+    weights = train_runs(benchmark, runs, seed, work)
     for run, path in weights.items():
         evaluate(path, results / f"{run}.json", work)
         out = results / f"{run}_read_masks.json"

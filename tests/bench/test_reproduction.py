@@ -132,3 +132,25 @@ def test_beyond_report_from_partial_and_complete_results(tmp_path, monkeypatch):
     text = beyond_report.beyond_section(quality)
     assert "is **met**" in text and "1.30x" in text
     assert (tmp_path / "figures" / "beyond_mask_quality.png").is_file()
+
+
+def test_beyond_seed_with_every_result_in_is_not_trained_again(tmp_path, monkeypatch):
+    from reproduction import beyond, runs
+
+    monkeypatch.setattr(runs, "RESULTS", tmp_path / "results")
+    benchmark = beyond.STUDY_BENCHMARKS["synthetic"]
+    folder = benchmark.results / "seed0"
+    folder.mkdir(parents=True)
+    names = ["commands.json", "maskrcnn.json", *(f"{run}.json" for run in beyond.VARIANTS)]
+    names += [f"{run}_read_masks.json" for run in beyond.VARIANTS if run != beyond.BASELINE]
+    for name in names:
+        (folder / name).write_text("{}")
+
+    def train_runs(*args):
+        raise AssertionError("trained a seed whose results are all in")
+
+    monkeypatch.setattr(beyond, "train_runs", train_runs)
+    beyond.run_seed(benchmark, 0, beyond.VARIANTS, tmp_path / "work", "mrrcnn synth")
+    (folder / "mrrcnn_iterative_read_masks.json").unlink()
+    with pytest.raises(AssertionError, match="trained a seed"):
+        beyond.run_seed(benchmark, 0, beyond.VARIANTS, tmp_path / "work", "mrrcnn synth")
