@@ -95,7 +95,7 @@ def run_seed(benchmark: Benchmark, seed: int, runs: tuple[str, ...], work: Path,
     (so a machine without its checkpoints does not train it again)."""
     results = benchmark.results / f"seed{seed}"
     outputs = ["commands.json", *(f"{run}.json" for run in ("maskrcnn", *runs))]
-    outputs += [f"{run}_read_masks.json" for run in runs if run != BASELINE]
+    outputs += [f"{run}_read_masks.json" for run in runs if run in (OWN, *CANDIDATES)]
     if all((results / name).is_file() for name in outputs):
         logger.info("seed %d: every result in %s, skipped", seed, results)
         return
