@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import machine
+from filelock import FileLock
 from torch import Tensor
 
 from mrrcnn.config import CONFIG_DIR, load_config
@@ -181,18 +182,20 @@ def train_runs(benchmark: Benchmark, runs: tuple[str, ...], seed: int, work: Pat
     """Train this seed's ``runs`` (and the base they start from); their ``final.pth`` by run name.
 
     Training time is added to ``train_seconds.json`` only for runs trained by this call (summed over
-    sessions when a training was interrupted and resumed)."""
+    sessions when a training was interrupted and resumed). The file is re-read under a lock for each
+    addition, so that processes training other runs of the same seed at once keep each other's times."""
     results = benchmark.results / f"seed{seed}"
     results.mkdir(parents=True, exist_ok=True)
     timing_file = results / "train_seconds.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     weights = {}
     for run in ("maskrcnn", *(r for r in runs if r != "maskrcnn")):
         started = time.perf_counter()
         weights[run], trained = train_run(run, work, seed)
         if trained:
-            timing[run] = timing.get(run, 0.0) + time.perf_counter() - started
-            timing_file.write_text(json.dumps(timing, indent=1))
+            with FileLock(timing_file.with_suffix(".lock")):
+                timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+                timing[run] = timing.get(run, 0.0) + time.perf_counter() - started
+                timing_file.write_text(json.dumps(timing, indent=1))
     return weights
 
 

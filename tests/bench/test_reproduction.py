@@ -124,12 +124,19 @@ def test_beyond_report_from_partial_and_complete_results(tmp_path, monkeypatch):
         json.dumps({"others": {"training_step": {"seconds": 1, "vs_own": 1.3}}})
     )
     text = beyond_report.beyond_section(quality)
-    assert "The rule chooses **others**" in text and "Not run yet on" in text and "Not reached yet" in text
-    for name, seeds in beyond.CONFIRMATION_SEEDS.items():
-        for seed in seeds:
-            for run in (beyond.BASELINE, beyond.OWN, "mrrcnn_others"):
-                write(name, seed, run, 0.05 * (seed % 2) * (run != beyond.BASELINE))
-    text = beyond_report.beyond_section(quality)
+    assert "The rule chooses **others**" in text and "Not reached yet" in text
+    assert text.count("Confirmation seeds with every run in: none yet") == 2
+    confirmation = [(n, s) for n, seeds in beyond.CONFIRMATION_SEEDS.items() for s in seeds]
+    for name, seed in confirmation:
+        for run in (beyond.BASELINE, beyond.OWN, "mrrcnn_others"):
+            write(name, seed, run, 0.05 * (seed % 2) * (run != beyond.BASELINE))
+        text = beyond_report.beyond_section(quality)
+        if (name, seed) == confirmation[0]:
+            # One benchmark's first seed: its tables, each benchmark named on its own, no verdict yet.
+            assert f"Confirmation seeds with every run in: {seed} (registered:" in text
+            assert text.count("Confirmation seeds with every run in: none yet") == 1
+        if (name, seed) != confirmation[-1]:
+            assert "Not reached yet: the confirmation seeds are not all in" in text
     assert "is **met**" in text and "1.30x" in text
     assert (tmp_path / "figures" / "beyond_mask_quality.png").is_file()
 
@@ -154,3 +161,24 @@ def test_beyond_seed_with_every_result_in_is_not_trained_again(tmp_path, monkeyp
     (folder / "mrrcnn_iterative_read_masks.json").unlink()
     with pytest.raises(AssertionError, match="trained a seed"):
         beyond.run_seed(benchmark, 0, beyond.VARIANTS, tmp_path / "work", "mrrcnn synth")
+
+
+def test_train_seconds_of_another_process_are_kept(tmp_path, monkeypatch):
+    import json
+
+    from reproduction import beyond, runs
+
+    monkeypatch.setattr(runs, "RESULTS", tmp_path / "results")
+    benchmark = beyond.STUDY_BENCHMARKS["synthetic"]
+    timing_file = benchmark.results / "seed0" / "train_seconds.json"
+
+    def train_run(run, work, seed):
+        if run == "mrrcnn":
+            # Another process, training another run of this seed, finished meanwhile.
+            timing = json.loads(timing_file.read_text())
+            timing_file.write_text(json.dumps({**timing, "mrrcnn_iterative": 7.0}))
+        return work / run / "final.pth", run != "mrrcnn_no_sara"
+
+    monkeypatch.setattr(runs, "train_run", train_run)
+    runs.train_runs(benchmark, ("mrrcnn_no_sara", "mrrcnn"), 0, tmp_path / "work")
+    assert set(json.loads(timing_file.read_text())) == {"maskrcnn", "mrrcnn", "mrrcnn_iterative"}
