@@ -524,7 +524,7 @@ def _in_short(
         + (
             " Removing the neighbours instead of weighting by the instance's own mask degrades more gently: "
             "that oracle still gains with true masks degraded to stage 1's quality, a variant (1 - the other "
-            "detections' predicted masks) that would be worth a run of its own."
+            "detections' predicted masks) worth a run of its own: it was run as `others` in 'Beyond the paper'."
             if others_robust
             else ""
         )
