@@ -5,7 +5,7 @@
 The set: 480x640 images with 8 instances each of 3 categories (2 pairs placed to overlap, so about half of
 them are huddled), elliptic masks as compressed RLE; 50 scored detections per image: 3 jittered copies of
 each instance (one in ten with a wrong category) and random false positives. The winner, the faster backend
-whose metrics match pycocotools' (the reference) to 1e-6, is what mrrcnn.engine.coco_eval.DEFAULT_BACKEND
+whose metrics match pycocotools' (the reference) to 1e-6, is what mrrcnn.evaluation.coco_eval.DEFAULT_BACKEND
 should be.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from common import header, machine
 
-from mrrcnn.engine.coco_eval import BACKENDS, evaluate, evaluate_split, format_table, split_ground_truth
+from mrrcnn.evaluation.coco_eval import BACKENDS, evaluate, evaluate_split, format_table, split_ground_truth
 
 HEIGHT, WIDTH = 480, 640
 INSTANCES, DETECTIONS, CATEGORIES = 8, 50, 3
@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Set: {args.images} images of {HEIGHT}x{WIDTH}, {len(gt['annotations'])} instances "
         f"({huddled} huddled), {len(results)} detections with masks as compressed RLE "
         "(see the docstring of bench/coco_eval.py). Times include the copies and checks of "
-        "mrrcnn.engine.coco_eval; `evaluate_split` runs three evaluations (all, huddled, isolated).\n\n"
+        "mrrcnn.evaluation.coco_eval; `evaluate_split` runs three evaluations (all, huddled, isolated).\n\n"
         + timing
         + f"\nFastest backend agreeing with pycocotools to 1e-6: **{fastest}** "
-        "(mrrcnn.engine.coco_eval.DEFAULT_BACKEND).\n\n"
+        "(mrrcnn.evaluation.coco_eval.DEFAULT_BACKEND).\n\n"
         "Metrics of `evaluate_split` (percent) from each backend:\n\n" + metrics_table
     )
     print(timing)

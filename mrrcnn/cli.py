@@ -25,11 +25,11 @@ from .data.labels import convert_label_images
 from .data.synthetic import APPEARANCES
 from .engine import distributed
 from .engine.checkpoint import load_model
-from .engine.coco_eval import SUBSETS, format_table
+from .evaluation.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
-from .engine.evaluate import evaluate_model
+from .evaluation.evaluate import evaluate_model
 from .engine.export import DEFAULT_OPSET, FORMATS, OPSETS, export_checkpoint
-from .engine.predict import predict
+from .inference.predict import predict
 from .engine.train import train
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from mrrcnn import cli
 from mrrcnn.cli import main
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.engine import demo, export, visualize
+from mrrcnn.engine import demo, export
+from mrrcnn.inference import visualize
 from mrrcnn.engine.checkpoint import save_checkpoint
 from mrrcnn.engine.train import Trainer
 from mrrcnn.models import build_model

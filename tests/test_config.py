@@ -11,7 +11,7 @@ from mrrcnn.config import (
     resolve_config_path,
     validate_config,
 )
-from mrrcnn.engine.coco_eval import BACKENDS
+from mrrcnn.evaluation.coco_eval import BACKENDS
 from mrrcnn.models import MODELS
 
 SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 
 from mrrcnn.data import CocoDetection, huddled, most_huddled
 from mrrcnn.engine.checkpoint import load_model
-from mrrcnn.engine.visualize import draw_predictions, side_by_side
+from mrrcnn.inference.visualize import draw_predictions, side_by_side
 
 from .runs import data_overrides
 

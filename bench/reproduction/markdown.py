@@ -140,7 +140,7 @@ The benchmark (`mrrcnn synth`, `mrrcnn/data/synthetic.py`): 160-pixel images of 
 outline only (same colour and texture distribution for every class), most of them in overlapping clusters;
 an instance is *huddled* when its box has IoU >= 0.3 with another's, *isolated* otherwise. Huddled and
 isolated AP are computed by marking the other subset as crowd (ignored) regions
-(`mrrcnn/engine/coco_eval.py`). The harder variant (section "Does SARA help, and when?") gives all
+(`mrrcnn/evaluation/coco_eval.py`). The harder variant (section "Does SARA help, and when?") gives all
 instances of an image one colour and texture, separated by dark 1-pixel outlines only, and draws every
 instance in a cluster.
 

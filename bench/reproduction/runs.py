@@ -24,7 +24,7 @@ from torch import Tensor
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import make_synthetic
 from mrrcnn.engine.checkpoint import load_model
-from mrrcnn.engine.evaluate import evaluate_model
+from mrrcnn.evaluation.evaluate import evaluate_model
 from mrrcnn.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ from PIL.Image import Image
 from ..config import CONFIG_DIR, load_config
 from ..data import CocoDetection, make_synthetic, most_huddled
 from .checkpoint import load_model
-from .coco_eval import format_table
-from .evaluate import evaluate_model
+from ..evaluation.coco_eval import format_table
+from ..evaluation.evaluate import evaluate_model
 from .train import train
-from .visualize import draw_predictions, side_by_side
+from ..inference.visualize import draw_predictions, side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run_demo(
     Everything runs on CUDA when available, else on the CPU.
 
     Returns:
-        ``metrics`` (by model title, as :func:`mrrcnn.engine.coco_eval.evaluate_split` returns them),
+        ``metrics`` (by model title, as :func:`mrrcnn.evaluation.coco_eval.evaluate_split` returns them),
         ``table`` (markdown), and the paths ``results``, ``comparison`` and ``weights`` (by model title).
     """
     for name, value in (

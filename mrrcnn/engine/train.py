@@ -351,7 +351,7 @@ def _log(
 
 def _evaluate(trainer: Trainer, writer: SummaryWriter | None) -> None:
     # Imported here: training without evaluation does not need the evaluation stack.
-    from .evaluate import evaluate_model
+    from ..evaluation.evaluate import evaluate_model
 
     # Evaluation must not move the RNG streams that training resumes with.
     with torch.random.fork_rng(devices=[trainer.device.index] if trainer.device.type == "cuda" else []):

@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data.images import IMAGE_SUFFIXES, read_image
-from .checkpoint import load_model
+from ..engine.checkpoint import load_model
 from .results import to_coco_results
 from .visualize import draw_predictions
 

@@ -5,7 +5,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
-from mrrcnn.engine.results import to_coco_results, write_results
+from mrrcnn.inference.results import to_coco_results, write_results
 
 
 def output(n: int, masks: bool = True) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import coco, images, make_synthetic
 from mrrcnn.engine.checkpoint import load_model, resolve_device, save_checkpoint
-from mrrcnn.engine.coco_eval import IOU_TYPES, METRICS, SUBSETS
-from mrrcnn.engine.evaluate import evaluate_model
+from mrrcnn.evaluation.coco_eval import IOU_TYPES, METRICS, SUBSETS
+from mrrcnn.evaluation.evaluate import evaluate_model
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from ..config import DEFAULT_PERCENTILES
 from ..data import CocoDetection, collate_fn
-from .checkpoint import resolve_device
+from ..engine.checkpoint import resolve_device
 from .coco_eval import DEFAULT_BACKEND, evaluate_split
-from .distributed import rank, world_size
-from .results import to_coco_results, write_results
+from ..engine.distributed import rank, world_size
+from ..inference.results import to_coco_results, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def evaluate_model(
             as uint8), e.g. degraded ones. The metrics are always against the true ground truth.
 
     Returns:
-        :func:`mrrcnn.engine.coco_eval.evaluate_split`'s metrics in percent on rank 0, ``{}`` elsewhere.
+        :func:`mrrcnn.evaluation.coco_eval.evaluate_split`'s metrics in percent on rank 0, ``{}`` elsewhere.
     """
     data = config["data"].get(split)
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():

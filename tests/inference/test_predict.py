@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import CLASSES, make_synthetic
 from mrrcnn.engine.checkpoint import save_checkpoint
-from mrrcnn.engine.predict import predict
+from mrrcnn.inference.predict import predict
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"

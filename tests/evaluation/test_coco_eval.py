@@ -7,7 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from mrrcnn.engine.coco_eval import BACKENDS, evaluate, evaluate_split, format_table, split_ground_truth
+from mrrcnn.evaluation.coco_eval import BACKENDS, evaluate, evaluate_split, format_table, split_ground_truth
 
 SIZE = 100  # square images, pixels
 

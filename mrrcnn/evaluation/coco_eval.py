@@ -149,7 +149,7 @@ def evaluate(
 
     Args:
         gt: COCO ground truth, as a json path or its loaded dict (left unchanged).
-        results: COCO results records (see :func:`mrrcnn.engine.results.to_coco_results`) or a json path to
+        results: COCO results records (see :func:`mrrcnn.inference.results.to_coco_results`) or a json path to
             them; may be empty.
         iou_types: any of ``"bbox"`` and ``"segm"``.
         backend: ``"pycocotools"`` or ``"faster_coco_eval"``.

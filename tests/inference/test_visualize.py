@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mrrcnn.engine.visualize import draw_predictions, side_by_side
+from mrrcnn.inference.visualize import draw_predictions, side_by_side
 
 
 def prediction() -> dict[str, torch.Tensor]:
