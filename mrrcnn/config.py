@@ -7,9 +7,11 @@ A configuration has four sections (see ``mrrcnn/configs/`` for complete examples
   as ``num_classes``, ``base_weights``, and for MR R-CNN the ablation switches ``alpha``, ``shape_aware``,
   ``refine_cls``, ``refine_reg`` and ``sara_weighting`` (:data:`MODEL_KEYS`);
 * ``data``: ``train`` and ``val`` as ``{images: DIR, annotations: FILE}``, ``hflip``, ``workers``, ``skip_bad``,
+  training crops ``crop_size`` and ``crop_min_area``,
   and how images are read: ``intensity`` and ``percentiles`` (:func:`mrrcnn.data.images.read_image`);
 * ``train``: the optimisation recipe;
-* ``eval``: ``batch_size``, ``backend``, ``mask_threshold``.
+* ``eval``: ``batch_size``, ``backend``, ``mask_threshold``, ``score_threshold``, ``touch_distance``,
+  ``tile_size``, ``tile_overlap``.
 
 :data:`SCHEMA` lists every key of ``data``, ``train`` and ``eval`` with its default and what it accepts.
 An unknown key, a value of the wrong type or out of range is a ``ValueError`` naming ``section.key``.
@@ -119,6 +121,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "data.percentiles to 0 and 1, as microscopy tools normalise)",
         ),
         "percentiles": Key(list(DEFAULT_PERCENTILES), _percentiles, "[low, high], 0 <= low < high <= 100"),
+        "crop_size": Key(
+            0, _int(0), "an integer >= 0 (0: off; else training crops of that many image pixels a side)"
+        ),
+        "crop_min_area": Key(16, _int(0), "an integer >= 0 (pixels a cut instance keeps to stay a target)"),
     },
     "train": {
         "output_dir": Key("runs/default", _path, "a folder path"),
@@ -144,6 +150,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             None, _one_of(None, "pycocotools", "faster_coco_eval"), "null, pycocotools or faster_coco_eval"
         ),
         "mask_threshold": Key(0.5, _number(0.0, 1.0, open_low=True), "a number in (0, 1]"),
+        "score_threshold": Key(0.5, *PROBABILITY),
+        "touch_distance": Key(2, _int(0), "an integer >= 0 (pixels between two masks that touch)"),
+        "tile_size": Key(1024, _int(64), "an integer >= 64 (model-input pixels a side)"),
+        "tile_overlap": Key(128, _int(0), "an integer >= 0 (model-input pixels)"),
     },
 }
 SECTIONS = ("model", *SCHEMA)
@@ -155,6 +165,11 @@ _COMMON_MODEL_KEYS = {
     "base_weights": (_optional(_path), "null, a checkpoint path or a torchvision weights name"),
     "min_size": (lambda v: _int(1)(v) or (_ints()(v) and bool(v)), "an integer >= 1 or a list of them"),
     "max_size": COUNT,
+    "resize": (
+        _one_of("min_max", "scale"),
+        "min_max (shorter side to min_size, longer at most max_size) or scale (every image times model.scale)",
+    ),
+    "scale": (_number(0.0, open_low=True), "a finite number > 0"),
     "image_mean": (_numbers(3), "a list of 3 numbers"),
     "image_std": (_numbers(3), "a list of 3 numbers"),
     "rpn_pre_nms_top_n_train": COUNT,
@@ -357,6 +372,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     milestones = checked["train"]["milestones"]
     if milestones != sorted(set(milestones)):
         raise ValueError(f"train.milestones must increase, got {milestones!r}")
+    if checked["eval"]["tile_size"] <= checked["eval"]["tile_overlap"]:
+        raise ValueError(
+            f"eval.tile_size ({checked['eval']['tile_size']}) must exceed eval.tile_overlap "
+            f"({checked['eval']['tile_overlap']}), so that tiles advance"
+        )
     return checked
 
 
