@@ -25,12 +25,12 @@ from .data.labels import convert_label_images
 from .data.synthetic import APPEARANCES
 from .engine import distributed
 from .engine.checkpoint import load_model
-from .evaluation.coco_eval import SUBSETS, format_table
 from .engine.demo import run_demo
-from .evaluation.evaluate import evaluate_model
 from .engine.export import DEFAULT_OPSET, FORMATS, OPSETS, export_checkpoint
-from .inference.predict import predict
 from .engine.train import train
+from .evaluation.coco_eval import SUBSETS, format_table
+from .evaluation.evaluate import evaluate_model
+from .inference.predict import predict
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -56,10 +56,11 @@ def _convert(args: argparse.Namespace) -> None:
     )
     # 16-bit microscopy images rarely fill their range: read as they are, they would be nearly black.
     intensity = " data.intensity=percentile" if summary["wide_images"] else ""
+    # Microscopy pixels have one physical size: train and predict at one scale (whole images tiled).
     print(
         f"train on it: mrrcnn train --config CONFIG data.{args.split}.images={summary['images_dir']} "
         f"data.{args.split}.annotations={summary['annotation_file']} "
-        f"model.num_classes={max(summary['categories']) + 1}{intensity}"
+        f"model.num_classes={max(summary['categories']) + 1} model.resize=scale model.scale=1{intensity}"
     )
 
 
@@ -104,8 +105,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    # One override syntax for every command: KEY=VALUE arguments among the images.
-    overrides = [a for a in args.inputs if _OVERRIDE.match(a)]
+    # KEY=VALUE arguments before the options are read as images by argparse: sorted out here.
+    overrides = [a for a in args.inputs if _OVERRIDE.match(a)] + args.overrides
     path = predict(
         args.weights,
         [Path(a) for a in args.inputs if not _OVERRIDE.match(a)],
@@ -276,10 +277,12 @@ def _add_predict(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--config", help=f"{CONFIG_HELP} (default: the one the checkpoint carries)")
     p.add_argument(
-        "--score-threshold", type=float, default=0.5, help="least score drawn (default: %(default)s)"
+        "--score-threshold",
+        type=float,
+        help="least score kept (default: the config's eval.score_threshold, 0.5 unless changed)",
     )
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=_predict, overrides=[])
 
 
 def _add_export(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -377,10 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, with ``KEY=VALUE`` overrides taken from anywhere among them (argparse alone takes
+    them only where its positional argument stands)."""
+    args, extras = parser.parse_known_args(argv)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        args.command
+    ]
+    unknown = [a for a in extras if not _OVERRIDE.match(a)]
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    overrides = [a for a in extras if _OVERRIDE.match(a)]
+    if overrides and not hasattr(args, "overrides"):
+        command.error(f"{args.command} reads no configuration, so takes no override: {' '.join(overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mrrcnn`` with ``argv`` (default: the process's arguments); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     # Under torchrun only rank 0 reports progress at INFO.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(

@@ -14,9 +14,9 @@ from mrrcnn import cli
 from mrrcnn.cli import main
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.engine import demo, export
-from mrrcnn.inference import visualize
 from mrrcnn.engine.checkpoint import save_checkpoint
 from mrrcnn.engine.train import Trainer
+from mrrcnn.inference import visualize
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
@@ -422,3 +422,51 @@ def test_help_gives_examples_that_apply_to_the_command(command, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="nope.yaml"):
         main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["train", "--config", "c.yaml", "train.lr=0.1", "--resume", "train.seed=3"],
+            ["train.lr=0.1", "train.seed=3"],
+        ),
+        (["eval", "--weights", "w.pth", "--split", "val", "model.alpha=2"], ["model.alpha=2"]),
+        (
+            ["eval", "model.alpha=2", "--weights", "w.pth", "eval.tile_size=512"],
+            ["model.alpha=2", "eval.tile_size=512"],
+        ),
+        (
+            ["predict", "--weights", "w.pth", "img", "--out", "o", "model.min_size=512"],
+            ["model.min_size=512"],
+        ),
+        (["export", "--weights", "w.pth", "--out", "o.pt2", "model.alpha=0.5"], ["model.alpha=0.5"]),
+    ],
+    ids=["train", "eval", "eval-first", "predict", "export"],
+)
+def test_overrides_are_accepted_anywhere(argv, expected):
+    args = cli._parse(cli.build_parser(), argv)
+    overrides = [a for a in getattr(args, "inputs", []) if cli._OVERRIDE.match(a)] + args.overrides
+    assert overrides == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "out", "model.alpha=1"],
+        ["convert", "i", "l", "o", "data.workers=0"],
+        ["demo", "eval.batch_size=2"],
+    ],
+    ids=["synth", "convert", "demo"],
+)
+def test_commands_without_a_config_refuse_overrides(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli._parse(cli.build_parser(), argv)
+    assert exit_info.value.code == 2
+    assert f"mrrcnn {argv[0]}: error: {argv[0]} reads no configuration" in capsys.readouterr().err
+
+
+def test_unknown_arguments_are_still_errors(capsys):
+    with pytest.raises(SystemExit):
+        cli._parse(cli.build_parser(), ["eval", "--weights", "w.pth", "--splt", "val"])
+    assert "unrecognized arguments: --splt val" in capsys.readouterr().err

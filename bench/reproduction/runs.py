@@ -24,8 +24,8 @@ from torch import Tensor
 from mrrcnn.config import CONFIG_DIR, load_config
 from mrrcnn.data import make_synthetic
 from mrrcnn.engine.checkpoint import load_model
-from mrrcnn.evaluation.evaluate import evaluate_model
 from mrrcnn.engine.train import train
+from mrrcnn.evaluation.evaluate import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

@@ -45,6 +45,8 @@ class CocoDetection(Dataset):
         transforms: callable ``(image, target) -> (image, target)`` applied to each loaded sample.
         skip_bad: warn about and skip bad records and image files instead of raising.
         intensity, percentiles: how images are read (:func:`mrrcnn.data.images.read_image`).
+        targets: ``False``: a sample's target is ``{"image_id"}`` alone, for prediction, where a large
+            image's masks decoded at full size per instance would not fit.
 
     Attributes:
         coco: ``pycocotools.coco.COCO`` over the kept images and their annotations.
@@ -62,8 +64,10 @@ class CocoDetection(Dataset):
         skip_bad: bool = False,
         intensity: str = "full_range",
         percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        targets: bool = True,
     ) -> None:
         self.images_dir = Path(images_dir)
+        self.targets = targets
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms
         self.skip_bad = skip_bad
@@ -98,7 +102,7 @@ class CocoDetection(Dataset):
         record = self.coco.imgs[self.ids[index]]
         try:
             image = self._load_image(record)
-            target = self._load_target(record)
+            target = self._load_target(record) if self.targets else {"image_id": record["id"]}
         except ValueError as err:
             if not self.skip_bad:
                 raise

@@ -13,11 +13,11 @@ from PIL.Image import Image
 
 from ..config import CONFIG_DIR, load_config
 from ..data import CocoDetection, make_synthetic, most_huddled
-from .checkpoint import load_model
 from ..evaluation.coco_eval import format_table
 from ..evaluation.evaluate import evaluate_model
-from .train import train
 from ..inference.visualize import draw_predictions, side_by_side
+from .checkpoint import load_model
+from .train import train
 
 logger = logging.getLogger(__name__)
 

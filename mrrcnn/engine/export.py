@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 
+from ..models.transform import ScaleTransform
 from ..models.traceable import traceable_detection
 from .checkpoint import load_model
 
@@ -129,10 +130,25 @@ def check_exportable(model: nn.Module) -> None:
 
 def default_image_size(model: MaskRCNN) -> tuple[int, int]:
     """(height, width) of the example image: a landscape image the model does not resize (in eval mode
-    torchvision resizes the shorter side to the last ``min_size``, capping the longer at ``max_size``)."""
+    torchvision resizes the shorter side to the last ``min_size``, capping the longer at ``max_size``); in
+    ``scale`` mode one that the model sees as 192 x 256 pixels."""
     transform = model.transform
+    if isinstance(transform, ScaleTransform):
+        return max(32, round(192 / transform.scale)), max(32, round(256 / transform.scale))
     longer = int(transform.max_size)
     return min(int(transform.min_size[-1]), longer), longer
+
+
+# The least model-input side an export in ``scale`` mode is traced for: below it the FPN's coarsest levels
+# shrink to one cell, a case the traced graph would have to branch on.
+_LEAST_SCALED_SIDE = 128
+
+
+def _least_side(model: MaskRCNN) -> int:
+    """The least image side the exported graph takes: 32 where the model resizes every image to its
+    ``min_size``; in ``scale`` mode what the scale makes :data:`_LEAST_SCALED_SIDE` pixels."""
+    transform = model.transform
+    return math.ceil(_LEAST_SCALED_SIDE / transform.scale) if isinstance(transform, ScaleTransform) else 32
 
 
 def _check_arguments(fmt: str, image_size: Sequence[int], opset: int | None) -> None:
@@ -246,7 +262,8 @@ def _export_pt2(
     with torch.no_grad():
         # The poolers infer and keep their levels' scales (Python rounding: traced, a guard on the size).
         detector(image)
-    shapes = ({1: torch.export.Dim("height", min=32), 2: torch.export.Dim("width", min=32)},)
+    side = _least_side(detector.model)
+    shapes = ({1: torch.export.Dim("height", min=side), 2: torch.export.Dim("width", min=side)},)
     with traceable_detection():
         if fmt == "exported-program":
             program = torch.export.export(detector, (image,), dynamic_shapes=shapes)

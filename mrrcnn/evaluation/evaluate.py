@@ -12,16 +12,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..config import DEFAULT_PERCENTILES
 from ..data import CocoDetection, collate_fn
 from ..engine.checkpoint import resolve_device
-from .coco_eval import DEFAULT_BACKEND, evaluate_split
 from ..engine.distributed import rank, world_size
+from ..inference.predictor import Predictor
 from ..inference.results import to_coco_results, write_results
+from .coco_eval import DEFAULT_BACKEND, evaluate_split
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,17 @@ def evaluate_model(
             f"config data.{split} must be a mapping with 'images' and 'annotations', got {data!r}"
         )
     eval_config = config.get("eval", {})
+    # Unwrapped from DDP by the predictor: the wrapper's forward may broadcast buffers, a collective that
+    # hangs once shards differ in length.
+    predictor = Predictor(model, config, device=resolve_device(device) if device is not None else None)
+    oracle = getattr(predictor.model.roi_heads, "sara_masks", "predicted") != "predicted"
     dataset = CocoDetection(
         data["images"],
         data["annotations"],
         skip_bad=config["data"].get("skip_bad", False),
         intensity=config["data"].get("intensity", "full_range"),
         percentiles=config["data"].get("percentiles", DEFAULT_PERCENTILES),
+        targets=oracle,
     )
     this_rank, world = rank(), world_size()
     loader = DataLoader(
@@ -91,16 +96,9 @@ def evaluate_model(
         num_workers=config["data"].get("workers", 0),
         collate_fn=collate_fn,
     )
-    # The wrapper's forward may broadcast buffers, a collective that hangs once shards differ in length.
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
     # Closed however the loop ends, so that an error or Ctrl-C is reported on a line of its own.
     with tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress or this_rank != 0) as batches:
-        records, image_ids = _predict_records(
-            model, batches, device, eval_config.get("mask_threshold", 0.5), oracle_masks
-        )
+        records, image_ids = _predict_records(predictor, batches, oracle, oracle_masks)
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, (records, image_ids))
@@ -122,33 +120,26 @@ def evaluate_model(
 
 
 def _predict_records(
-    model: nn.Module,
+    predictor: Predictor,
     batches: Iterable[tuple[list[Tensor], list[dict[str, Any]]]],
-    device: torch.device,
-    mask_threshold: float,
+    oracle: bool,
     oracle_masks: Callable[[dict[str, Any]], Tensor] | None,
 ) -> tuple[list[dict], list[int]]:
-    """COCO results records of ``model`` (in eval mode, then restored) on ``batches``, and the ids read."""
-    was_training = model.training
-    model.eval()
+    """COCO results records of ``predictor`` on ``batches`` (given the targets where ``oracle``), and the
+    image ids read."""
     records: list[dict] = []
     image_ids: list[int] = []
-    try:
-        with torch.no_grad():
-            for images, targets in batches:
-                if not images:  # every image of the batch was unreadable and skipped (data.skip_bad)
-                    continue
-                images = [image.to(device, non_blocking=True) for image in images]
-                if getattr(model.roi_heads, "sara_masks", "predicted") != "predicted":
-                    outputs = model(images, [_oracle_target(t, device, oracle_masks) for t in targets])
-                else:
-                    outputs = model(images)
-                # Records as soon as possible: full-image mask probabilities of a whole split would not fit.
-                ids = [target["image_id"] for target in targets]
-                records.extend(to_coco_results(dict(zip(ids, outputs)), mask_threshold))
-                image_ids.extend(ids)
-    finally:
-        model.train(was_training)
+    for images, targets in batches:
+        if not images:  # every image of the batch was unreadable and skipped (data.skip_bad)
+            continue
+        ids = [target["image_id"] for target in targets]
+        oracle_targets = (
+            [_oracle_target(t, predictor.device, oracle_masks) for t in targets] if oracle else None
+        )
+        detections = predictor.predict(images, [f"image {i}" for i in ids], oracle_targets)
+        # Records as soon as possible: masks of a whole split would not fit.
+        records.extend(to_coco_results(dict(zip(ids, detections))))
+        image_ids.extend(ids)
     return records, image_ids
 
 

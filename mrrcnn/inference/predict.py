@@ -1,23 +1,23 @@
-"""Inference on image files: an overlay picture per image and the detections as a COCO json."""
+"""The ``predict`` command: image files to overlays, instance label images and a COCO json."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pycocotools.mask as mask_util
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..data.images import IMAGE_SUFFIXES, read_image
-from ..engine.checkpoint import load_model
-from .results import to_coco_results
-from .visualize import draw_predictions
+from ..data.images import IMAGE_SUFFIXES
+from .detections import Detections
+from .labels import write_label_image
+from .predictor import Predictor
+from .results import to_coco_results, write_results
+from .visualize import draw_label_image
 
 logger = logging.getLogger(__name__)
 
@@ -56,43 +56,27 @@ def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-# The smallest side an image may have once the model has resized it: the backbone's coarsest stride.
-MIN_RESIZED_SIDE = 32
-
-
-def _check_size(model: torch.nn.Module, image: Tensor, path: Path) -> None:
-    """Refuse an image that the model's resizing would shrink below :data:`MIN_RESIZED_SIDE` pixels."""
-    height, width = image.shape[1:]
-    transform = model.transform
-    scale = min(min(transform.min_size) / min(height, width), transform.max_size / max(height, width))
-    short = int(min(height, width) * scale)
-    if short < MIN_RESIZED_SIDE:
-        raise ValueError(
-            f"{path}: a {width}x{height} image would be resized to a shorter side of {short} px (model "
-            f"max_size {transform.max_size}), below the {MIN_RESIZED_SIDE} px the backbone needs; "
-            "crop or pad it"
-        )
-
-
 def predict(
     weights: str | Path,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     config: dict[str, Any] | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 2,
     overrides: Sequence[str] = (),
     progress: bool = True,
 ) -> Path:
-    """Run a trained model on image files.
+    """Run a trained model on image files, each whole at the scale training saw (in tiles if it is large).
 
-    Writes ``out_dir/<stem>.png``, each image with its detections drawn, and ``out_dir/predictions.json``,
-    a COCO instances dict: ``images`` (ids 1..N in input order, ``file_name`` the path as found,
-    ``width``, ``height``), ``categories`` (the checkpoint's, else the ids found) and ``annotations``, the
-    detections scoring at least ``score_threshold``: ``id``, ``image_id``, ``category_id``, ``bbox``
-    [x, y, w, h] pixels, ``score``, ``segmentation`` (compressed RLE), ``area`` (mask pixels; box area for a
-    model without masks), ``iscrowd`` 0.
+    Writes, for each image, ``out_dir/<stem>.png``, the image with its detections drawn, and
+    ``out_dir/<stem>_labels.png``, the instance label image (16-bit; ``_labels.tif``, 32-bit, past 65535
+    instances): 0 background, ``k`` the ``k``-th detection by descending score, each pixel the
+    highest-scoring detection's covering it; and ``out_dir/predictions.json``, a COCO instances dict:
+    ``images`` (ids 1..N in input order, ``file_name`` the path as found, ``width``, ``height``),
+    ``categories`` (the checkpoint's, else the ids found) and ``annotations``, the detections scoring at
+    least ``score_threshold``: ``id``, ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] pixels, ``score``,
+    ``segmentation`` (compressed RLE), ``area`` (mask pixels; box area for a model without masks), ``iscrowd`` 0.
 
     Args:
         weights: an mrrcnn checkpoint.
@@ -100,7 +84,7 @@ def predict(
         out_dir: output folder, created if needed.
         config: run configuration to build the model from instead of the checkpoint's; images are read
             as its ``data.intensity`` and ``data.percentiles`` say, as in training.
-        score_threshold: the least score of a detection kept.
+        score_threshold: the least score of a detection kept (default: the config's ``eval.score_threshold``).
         device: where to run (default: CUDA if available, else the CPU).
         batch_size: images per forward pass.
         overrides: ``section.key=value`` over the configuration, e.g. ``model.alpha=0.5``.
@@ -111,39 +95,38 @@ def predict(
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(score_threshold, (int, float)) and math.isfinite(score_threshold)):
+    if score_threshold is not None and not (
+        isinstance(score_threshold, (int, float)) and math.isfinite(score_threshold)
+    ):
         raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")
     files = _image_files(inputs)
     out_dir = Path(out_dir)
     for path in files:
-        if (out_dir / f"{path.stem}.png").resolve() == path.resolve():
-            raise ValueError(f"{path}: its drawing would overwrite it; choose another output folder")
-    model, config, categories = load_model(weights, config, device, overrides)
-    device = next(model.parameters()).device
-    mask_threshold = config.get("eval", {}).get("mask_threshold", 0.5)
-    # As the model was trained: read as data.intensity says.
-    reading = {"intensity": config["data"]["intensity"], "percentiles": config["data"]["percentiles"]}
+        for written in (f"{path.stem}.png", f"{path.stem}_labels.png", f"{path.stem}_labels.tif"):
+            if (out_dir / written).resolve() == path.resolve():
+                raise ValueError(
+                    f"{path}: its output {written} would overwrite it; choose another output folder"
+                )
+    predictor = Predictor.from_checkpoint(weights, config, device, overrides)
+    if score_threshold is None:
+        score_threshold = predictor.config["eval"]["score_threshold"]
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images: list[dict] = []
     annotations: list[dict] = []
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, torch.no_grad():
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
-            batch = [
-                (start + k + 1, path, read_image(path, **reading))
-                for k, path in enumerate(files[start : start + batch_size])
-            ]
-            for _, path, image in batch:
-                _check_size(model, image, path)
-            outputs = model([image.to(device) for _, _, image in batch])
-            for (image_id, path, image), output in zip(batch, outputs):
-                output = {key: value.cpu() for key, value in output.items()}
-                draw_predictions(image, output, categories, score_threshold, mask_threshold).save(
-                    out_dir / f"{path.stem}.png"
-                )
-                keep = output["scores"] >= score_threshold
-                kept = {key: value[keep] for key, value in output.items()}
-                annotations.extend(_annotations(image_id, kept, mask_threshold, len(annotations) + 1))
+            paths = files[start : start + batch_size]
+            pictures = [predictor.read(path) for path in paths]
+            found = predictor.predict(pictures, [str(path) for path in paths])
+            for image_id, path, image, detections in zip(
+                range(start + 1, len(files) + 1), paths, pictures, found
+            ):
+                kept = detections.select(detections.scores >= score_threshold)
+                # By descending score, so that label k of the label image is the k-th annotation.
+                kept = kept.select(torch.argsort(kept.scores, descending=True, stable=True))
+                _write_pictures(out_dir / path.stem, image, kept, predictor.categories)
+                annotations.extend(_annotations(image_id, kept, len(annotations) + 1))
                 images.append(
                     {
                         "id": image_id,
@@ -152,31 +135,41 @@ def predict(
                         "height": image.shape[1],
                     }
                 )
-            bar.update(len(batch))
-    cats = categories or {label: str(label) for label in sorted({a["category_id"] for a in annotations})}
+            bar.update(len(paths))
+    categories = predictor.categories or {
+        label: str(label) for label in sorted({a["category_id"] for a in annotations})
+    }
     dataset = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cat_id, "name": name} for cat_id, name in sorted(cats.items())],
+        "categories": [{"id": cat_id, "name": name} for cat_id, name in sorted(categories.items())],
     }
     path = out_dir / "predictions.json"
-    path.write_text(json.dumps(dataset))
+    write_results(dataset, path)
     logger.info("%d detections on %d images -> %s", len(annotations), len(images), out_dir)
     return path
 
 
-def _annotations(
-    image_id: int, output: dict[str, Tensor], mask_threshold: float, first_id: int
-) -> list[dict[str, Any]]:
-    """COCO annotation records (ids from ``first_id``) of one image's detections ``output`` (on the CPU).
+def _write_pictures(stem: Path, image: Tensor, detections: Detections, categories: dict[int, str]) -> None:
+    """``<stem>.png``, the overlay, and for a model with masks ``<stem>_labels.png`` (or ``.tif``), of
+    ``detections`` sorted by descending score."""
+    captions = [
+        f"{categories.get(int(label), int(label))} {float(score):.2f}"
+        for label, score in zip(detections.labels, detections.scores)
+    ]
+    labels = None if detections.masks is None else detections.label_image()
+    draw_label_image(image, labels, captions, detections.boxes).save(f"{stem}.png")
+    if labels is not None:
+        write_label_image(labels, stem)
+
+
+def _annotations(image_id: int, detections: Detections, first_id: int) -> list[dict[str, Any]]:
+    """COCO annotation records (ids from ``first_id``) of one image's detections.
 
     ``area`` is the mask's pixel count, or the box's area for a model without masks.
     """
-    annotations = []
-    for record in to_coco_results({image_id: output}, mask_threshold):
-        if "segmentation" in record:
-            area = float(mask_util.area(record["segmentation"]))
-        else:
-            area = record["bbox"][2] * record["bbox"][3]
-        annotations.append({"id": first_id + len(annotations), **record, "area": area, "iscrowd": 0})
-    return annotations
+    records = to_coco_results({image_id: detections})
+    return [
+        {"id": first_id + k, **record, "area": float(area), "iscrowd": 0}
+        for k, (record, area) in enumerate(zip(records, detections.areas().tolist()))
+    ]

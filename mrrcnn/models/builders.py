@@ -31,6 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..ops import MultiScaleShapeAwareRoIAlign
 from .mask_refining_rcnn import MaskRefiningRCNN
+from .transform import ScaleTransform
 
 WeightsLike = str | Path | WeightsEnum | None
 
@@ -260,8 +261,21 @@ MODELS: dict[str, Callable[..., MaskRCNN]] = {
 }
 
 
-def build_model(name: str, **kwargs: Any) -> MaskRCNN:
-    """Build the model ``name`` (a key of :data:`MODELS`) with the builder's keyword arguments."""
+def build_model(name: str, resize: str = "min_max", scale: float = 1.0, **kwargs: Any) -> MaskRCNN:
+    """Build the model ``name`` (a key of :data:`MODELS`) with the builder's keyword arguments.
+
+    Args:
+        resize: ``min_max``, torchvision's resizing (shorter side to ``min_size``, longer at most
+            ``max_size``), or ``scale``: every image times ``scale`` (:class:`~mrrcnn.models.transform.ScaleTransform`),
+            where ``min_size`` and ``max_size`` do not apply.
+        scale: the factor of ``scale`` mode.
+    """
     if name not in MODELS:
         raise ValueError(f"model name {name!r} is not one of {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)
+    model = MODELS[name](**kwargs)
+    if resize == "scale":
+        old = model.transform
+        model.transform = ScaleTransform(scale, old.image_mean, old.image_std, old.size_divisible)
+    elif resize != "min_max":
+        raise ValueError(f"model.resize must be min_max or scale, got {resize!r}")
+    return model

@@ -8,9 +8,9 @@ import torch
 from mrrcnn.config import load_config
 from mrrcnn.data import make_synthetic
 from mrrcnn.engine.checkpoint import load_checkpoint, load_model
+from mrrcnn.engine.train import train
 from mrrcnn.evaluation.evaluate import evaluate_model
 from mrrcnn.inference.predict import predict
-from mrrcnn.engine.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

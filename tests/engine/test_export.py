@@ -218,3 +218,18 @@ def test_compare_detections_accepts_rounding_and_tie_order_and_names_disagreemen
     edge["masks"][0, :, 1:5] = 0.5
     rounded["masks"][0, :, 1:5] = 0.5 + 1e-6
     assert compare_detections(edge, rounded, "image E")["min_mask_iou"] == 1.0
+
+
+def test_scale_mode_exports(tmp_path):
+    config = load_config(
+        CONFIG_DIR / "synthetic/maskrcnn_small.yaml", ["model.resize=scale", "model.scale=0.5"]
+    )
+    torch.manual_seed(1)
+    model = build_model(**config["model"]).eval()
+    assert export.default_image_size(model) == (384, 512)
+    path = export_model(model, tmp_path / "scaled.pt2", "exported-program")
+    checks = check_export(model, path, "exported-program")
+    # Sizes in image pixels, each at least what the scale makes 128 model-input pixels.
+    assert export.check_image_sizes(model, "exported-program") == [(384, 512), (512, 288), (576, 768)]
+    assert len(checks) == 3
+    assert all(c["detections"] > 10 for c in checks)
