@@ -202,6 +202,12 @@ def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):
     assert_error(
         run(capsys, "train", "--config", config, "train.output_dir=null"), "train", "train.output_dir"
     )
+    argv = ["train", "--config", config, *data_overrides(trained / "data"), *TINY, "data.crop_size=100"]
+    assert_error(
+        run(capsys, *argv, f"train.output_dir={tmp_path / 'crop'}"),
+        "train",
+        "data.crop_size (100) is larger than every training image (largest 64x64); lower it or set 0",
+    )
     missing = tmp_path / "nowhere/final.pth"
     argv = ["train", "--config", "synthetic/mrrcnn_small", f"model.base_weights={missing}"]
     assert_error(run(capsys, *argv, f"train.output_dir={tmp_path / 'r'}"), "train", "no such checkpoint file")

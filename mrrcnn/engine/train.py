@@ -36,7 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..config import dump_config, validate_config
-from ..data import CocoDetection, Compose, RandomHorizontalFlip
+from ..data import CocoDetection, Compose, RandomCrop, RandomHorizontalFlip
 from ..models import build_model
 from . import distributed as du
 from .checkpoint import load_checkpoint, remove_stale_temporaries, run_lock, save_checkpoint
@@ -146,7 +146,22 @@ def _training_data(config: dict[str, Any], num_classes: int) -> CocoDetection:
             f"{data['train']['annotations']}: category ids go up to {dataset.num_classes - 1}, but the "
             f"model has num_classes={num_classes} (ids must be below it; 0 is the background)"
         )
+    _check_crop(data["crop_size"], dataset)
     return dataset
+
+
+def _check_crop(crop_size: int, dataset: CocoDetection) -> None:
+    """Refuse a crop larger than every training image: it would cut none of them, and the configuration
+    would say crops where training saw whole images."""
+    if not crop_size:
+        return
+    width = max(record["width"] for record in dataset.coco.imgs.values())
+    height = max(record["height"] for record in dataset.coco.imgs.values())
+    if crop_size > width and crop_size > height:
+        raise ValueError(
+            f"data.crop_size ({crop_size}) is larger than every training image (largest {width}x{height}); "
+            "lower it or set 0"
+        )
 
 
 class Trainer:
@@ -240,7 +255,12 @@ class Trainer:
     def batches(self) -> Iterator[tuple[list[Tensor], list[dict], list[int]]]:
         """This process's batches from the current data position on, forever."""
         data = self.config["data"]
-        transforms = Compose([RandomHorizontalFlip(data["hflip"])]) if data["hflip"] > 0 else None
+        steps: list[Callable] = []
+        if data["crop_size"]:
+            steps.append(RandomCrop(data["crop_size"], data["crop_min_area"]))
+        if data["hflip"] > 0:
+            steps.append(RandomHorizontalFlip(data["hflip"]))
+        transforms = Compose(steps) if steps else None
         batch_size = self.config["train"]["batch_size"]
         return iter(
             DataLoader(

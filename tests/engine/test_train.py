@@ -1,4 +1,5 @@
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mrrcnn.config import load_config
 from mrrcnn.data import CLASSES, make_synthetic
 from mrrcnn.engine.checkpoint import load_checkpoint, run_lock
-from mrrcnn.engine.train import train
+from mrrcnn.engine.train import Trainer, train
 
 # Small enough for a few CPU iterations a second: 64-pixel images, fewer proposals and sampled RoIs.
 FAST = [
@@ -239,6 +240,28 @@ def test_bad_configs(data, tmp_path):
         ValueError, match=r"train.json: category ids go up to 5, but the model has num_classes=3"
     ):
         train(make_config(data, tmp_path, "model.num_classes=3"), progress=False)
+
+
+def test_a_crop_larger_than_every_training_image_is_an_error(data, tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"data.crop_size \(65\) is larger than every training image \(largest 64x64\); lower it or set 0",
+    ):
+        train(make_config(data, tmp_path, "data.crop_size=65"), progress=False)
+
+
+def test_training_on_crops(data, tmp_path):
+    config = make_config(data, tmp_path, "data.crop_size=24", "data.hflip=0")
+    trainer = Trainer(config, torch.device("cpu"))
+    batch = next(trainer.batches())
+    images, targets, _ = batch
+    assert [image.shape for image in images] == [(3, 24, 24)] * 2
+    assert all(target["masks"].shape[1:] == (24, 24) for target in targets)
+    # A crop may hold no instance; torchvision's Mask R-CNN trains on such a target.
+    empty = {**targets[1], "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 24, 24, dtype=torch.uint8)}
+    empty.update(labels=torch.zeros(0, dtype=torch.int64), area=torch.zeros(0), iscrowd=torch.zeros(0))
+    losses = trainer.run_step((images, [targets[0], empty], []))
+    assert losses is not None and all(math.isfinite(v) for v in losses.values())
 
 
 def test_a_second_run_into_the_same_folder_fails_naming_the_first(data, tmp_path):
