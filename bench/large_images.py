@@ -36,7 +36,6 @@ import pycocotools.mask as mask_util
 import torch
 from common import ROOT, header, machine, write_report
 
-from mrrcnn.config import load_config
 from mrrcnn.evaluation import score
 from mrrcnn.inference.detections import Detections
 from mrrcnn.inference.predictor import Predictor
@@ -56,8 +55,10 @@ def _run(*args: str) -> None:
 
 def _data(work: Path) -> dict[str, Path]:
     """Training images of 1024 px and evaluation images of 2048 px, made once."""
-    splits = {"train": (work / "train_data", "1024", ["--train", "8", "--val", "0"]),
-              "val": (work / "val_data", "2048", ["--train", "0", "--val", "2"])}
+    splits = {
+        "train": (work / "train_data", "1024", ["--train", "8", "--val", "0"]),
+        "val": (work / "val_data", "2048", ["--train", "0", "--val", "2"]),
+    }
     for folder, size, counts in splits.values():
         if not (folder / "annotations").is_dir():
             _run("synth", str(folder), *counts, "--image-size", size, "--object-size", "160", "--seed", "0")
@@ -83,8 +84,17 @@ def _train(work: Path, data: dict[str, Path], iterations: int) -> dict[str, Path
         base = [] if folder == "maskrcnn" else [f"model.base_weights={work / 'maskrcnn' / 'final.pth'}"]
         milestones = f"train.milestones=[{int(0.8 * length)}]"
         if not (out / "final.pth").is_file():
-            _run("train", "--config", f"synthetic/{config}", *common, *base, f"train.output_dir={out}",
-                 f"train.iterations={length}", milestones, f"train.warmup_iters={min(100, length // 4)}")
+            _run(
+                "train",
+                "--config",
+                f"synthetic/{config}",
+                *common,
+                *base,
+                f"train.output_dir={out}",
+                f"train.iterations={length}",
+                milestones,
+                f"train.warmup_iters={min(100, length // 4)}",
+            )
         weights[title] = out / "final.pth"
     return weights
 
@@ -96,13 +106,19 @@ def _tiles_alone(gt: dict, predictor: Predictor, images_dir: Path) -> tuple[dict
     records: list[dict] = []
     for image_record in gt["images"]:
         image = predictor.read(images_dir / image_record["file_name"])
-        masks = [(a, mask_util.decode(a["segmentation"])) for a in gt["annotations"] if a["image_id"] == image_record["id"]]
+        masks = [
+            (a, mask_util.decode(a["segmentation"]))
+            for a in gt["annotations"]
+            if a["image_id"] == image_record["id"]
+        ]
         for y in range(0, image.shape[1], ALONE_TILE):
             for x in range(0, image.shape[2], ALONE_TILE):
                 tile_id = len(tiles_gt["images"]) + 1
                 crop = image[:, y : y + ALONE_TILE, x : x + ALONE_TILE]
                 height, width = crop.shape[1:]
-                tiles_gt["images"].append({"id": tile_id, "width": width, "height": height, "file_name": f"{tile_id}"})
+                tiles_gt["images"].append(
+                    {"id": tile_id, "width": width, "height": height, "file_name": f"{tile_id}"}
+                )
                 for annotation, mask in masks:
                     cut = np.asfortranarray(mask[y : y + height, x : x + width])
                     if cut.any():
@@ -110,9 +126,15 @@ def _tiles_alone(gt: dict, predictor: Predictor, images_dir: Path) -> tuple[dict
                         bbox = mask_util.toBbox(rle).tolist()
                         rle["counts"] = rle["counts"].decode("ascii")
                         tiles_gt["annotations"].append(
-                            {"id": len(tiles_gt["annotations"]) + 1, "image_id": tile_id,
-                             "category_id": annotation["category_id"], "segmentation": rle,
-                             "area": float(cut.sum()), "bbox": bbox, "iscrowd": 0}
+                            {
+                                "id": len(tiles_gt["annotations"]) + 1,
+                                "image_id": tile_id,
+                                "category_id": annotation["category_id"],
+                                "segmentation": rle,
+                                "area": float(cut.sum()),
+                                "bbox": bbox,
+                                "iscrowd": 0,
+                            }
                         )
                 records.extend(to_coco_results({tile_id: predictor(crop)}))
     return tiles_gt, records
@@ -158,31 +180,47 @@ def _accuracy(weights: dict[str, Path], data: dict[str, Path]) -> list[dict]:
         whole = score(gt, records, score_threshold=threshold)
         tiles_gt, tile_records = _tiles_alone(gt, predictor, data["val"] / "val")
         alone = score(tiles_gt, tile_records, score_threshold=threshold)
-        for name, metrics in (("whole image, tiled and merged", whole), (f"each {ALONE_TILE}-px tile alone", alone)):
-            rows.append({"model": title, "prediction": name, **_summary(metrics),
-                         "duplicates": duplicates if name.startswith("whole") else None,
-                         "capped": counter.count if name.startswith("whole") else None})
+        for name, metrics in (
+            ("whole image, tiled and merged", whole),
+            (f"each {ALONE_TILE}-px tile alone", alone),
+        ):
+            rows.append(
+                {
+                    "model": title,
+                    "prediction": name,
+                    **_summary(metrics),
+                    "duplicates": duplicates if name.startswith("whole") else None,
+                    "capped": counter.count if name.startswith("whole") else None,
+                }
+            )
         rows[-2]["seconds"] = seconds
     return rows
 
 
 def _summary(metrics: dict) -> dict[str, float]:
     """Recall and F1 at IoU 0.5, and mask AP, from :func:`mrrcnn.evaluation.score`'s metrics."""
-    return {"recall": metrics["matching/0.5/recall"], "f1": metrics["matching/0.5/f1"], "mask_ap": metrics["segm/AP"]}
+    return {
+        "recall": metrics["matching/0.5/recall"],
+        "f1": metrics["matching/0.5/f1"],
+        "mask_ap": metrics["segm/AP"],
+    }
 
 
 def _measure(weights: Path, megapixels: int, data: dict[str, Path]) -> dict[str, float]:
     """In a process of its own: seconds and resident memory of predicting one image of ``megapixels`` MP."""
     out = subprocess.run(
         [sys.executable, __file__, "--measure", str(weights), str(megapixels), str(data["val"])],
-        check=True, capture_output=True, text=True, cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def _measure_here(weights: Path, megapixels: int, val: Path) -> None:
     predictor = Predictor.from_checkpoint(weights, overrides=SCALE + TILING)
-    image = predictor.read(sorted((val / "val").iterdir())[0])
+    image = predictor.read(min((val / "val").iterdir()))
     side = SIZES_MP[megapixels]
     while image.shape[1] < side:
         image = torch.cat([image, image.flip(1)], 1)
@@ -194,8 +232,17 @@ def _measure_here(weights: Path, megapixels: int, val: Path) -> None:
     detections = predictor(image)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "before_mib": before, "peak_mib": peak, "detections": len(detections),
-                      "image_mib": image.numel() * 4 / 2**20}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "before_mib": before,
+                "peak_mib": peak,
+                "detections": len(detections),
+                "image_mib": image.numel() * 4 / 2**20,
+            }
+        )
+    )
 
 
 def _rss_mib() -> float:
@@ -221,8 +268,10 @@ def _report(argv: list[str], accuracy: list[dict], cost: list[dict]) -> str:
     for row in accuracy:
         dup = "" if row["duplicates"] is None else str(row["duplicates"])
         capped = "" if row["capped"] is None else str(row["capped"])
-        lines.append(f"| {row['model']} | {row['prediction']} | {cell(row['recall'])} | {cell(row['f1'])} | "
-                     f"{row['mask_ap']:.1f} | {dup} | {capped} |")
+        lines.append(
+            f"| {row['model']} | {row['prediction']} | {cell(row['recall'])} | {cell(row['f1'])} | "
+            f"{row['mask_ap']:.1f} | {dup} | {capped} |"
+        )
     lines += [
         "",
         "| model | image | seconds | seconds / MP | detections | image (MiB) | resident before (MiB) | peak resident (MiB) | peak - before (MiB) |",
@@ -242,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".cache" / "large_images")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "large_images.md")
-    parser.add_argument("--iterations", type=int, default=900, help="Mask R-CNN's; MR R-CNN fine-tunes a third")
+    parser.add_argument(
+        "--iterations", type=int, default=900, help="Mask R-CNN's; MR R-CNN fine-tunes a third"
+    )
     parser.add_argument("--measure", nargs=3, metavar=("WEIGHTS", "MP", "VAL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -251,8 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     data = _data(args.work)
     weights = _train(args.work, data, args.iterations)
     accuracy = _accuracy(weights, data)
-    cost = [{"model": title, "megapixels": mp, **_measure(path, mp, data)}
-            for mp in SIZES_MP for title, path in weights.items()]
+    cost = [
+        {"model": title, "megapixels": mp, **_measure(path, mp, data)}
+        for mp in SIZES_MP
+        for title, path in weights.items()
+    ]
     text = _report(sys.argv[1:] if argv is None else argv, accuracy, cost)
     print(text)
     write_report(args.out, text)

@@ -175,14 +175,20 @@ def test_predict(trained, capsys, tmp_path):
     )
     assert status == 0 and out.strip() == str(tmp_path / "predictions.json")
     assert len(json.loads((tmp_path / "predictions.json").read_text())["images"]) == 3
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    stems = ("000000", "000001", "000002")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        [f"{stem}.png" for stem in stems] + [f"{stem}_labels.png" for stem in stems]
+    )
 
     # Overrides are KEY=VALUE arguments, as for every command.
     status, _, _ = run(
         capsys, "predict", "--weights", trained / "run/final.pth", trained / "data/val/000000.png",
         "eval.mask_threshold=0.7", "--out", tmp_path / "o", "NOPROGRESS",
     )  # fmt: skip
-    assert status == 0 and [p.name for p in (tmp_path / "o").glob("*.png")] == ["000000.png"]
+    assert status == 0 and sorted(p.name for p in (tmp_path / "o").glob("*.png")) == [
+        "000000.png",
+        "000000_labels.png",
+    ]
 
 
 def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):

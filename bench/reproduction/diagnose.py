@@ -11,8 +11,9 @@ from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
 from mrrcnn.data import CocoDetection, huddled, most_huddled
-from mrrcnn.engine.checkpoint import load_model
-from mrrcnn.inference.visualize import draw_predictions, side_by_side
+from mrrcnn.inference.detections import Detections
+from mrrcnn.inference.predictor import Predictor
+from mrrcnn.inference.visualize import draw_detections, side_by_side
 
 from .runs import data_overrides
 
@@ -55,20 +56,22 @@ def diagnose(results_file: Path, gt_file: Path) -> dict[str, Any]:
 def figure_fig5(weights: dict[str, Path], work: Path, out: Path, count: int = 4) -> None:
     """The control against MR R-CNN on the val images with the most huddled instances (paper Fig. 5)."""
     dataset = CocoDetection(work / "data" / "val", work / "data" / "annotations" / "val.json")
-    models = {title: load_model(path, overrides=data_overrides(work))[0] for title, path in weights.items()}
+    predictors = {
+        title: Predictor.from_checkpoint(path, overrides=data_overrides(work))
+        for title, path in weights.items()
+    }
     pictures, titles = [], []
-    with torch.no_grad():
-        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, count):
-            image, target = dataset[index]
-            truth = {
-                **target,
-                "scores": torch.ones(len(target["labels"])),
-                "masks": target["masks"][:, None].float(),
-            }
-            pictures.append(draw_predictions(image, truth, dataset.categories, scale=3.0))
-            titles.append(f"ground truth ({num_huddled} huddled)")
-            for title, model in models.items():
-                pictures.append(draw_predictions(image, model([image])[0], dataset.categories, scale=3.0))
-                titles.append(title)
+    for index, num_huddled in most_huddled(dataset.coco, dataset.ids, count):
+        image, target = dataset[index]
+        truth = {
+            **target,
+            "scores": torch.ones(len(target["labels"])),
+            "masks": target["masks"][:, None].float(),
+        }
+        pictures.append(draw_detections(image, Detections.from_output(truth), dataset.categories, scale=3.0))
+        titles.append(f"ground truth ({num_huddled} huddled)")
+        for title, predictor in predictors.items():
+            pictures.append(draw_detections(image, predictor(image), dataset.categories, scale=3.0))
+            titles.append(title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    side_by_side(pictures, titles, columns=1 + len(models)).save(out)
+    side_by_side(pictures, titles, columns=1 + len(predictors)).save(out)

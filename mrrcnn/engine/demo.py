@@ -8,15 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL.Image import Image
 
 from ..config import CONFIG_DIR, load_config
 from ..data import CocoDetection, make_synthetic, most_huddled
 from ..evaluation.coco_eval import format_table
 from ..evaluation.evaluate import evaluate_model
-from ..inference.visualize import draw_predictions, side_by_side
-from .checkpoint import load_model
+from ..inference.predictor import Predictor
+from ..inference.visualize import draw_detections, side_by_side
 from .train import train
 
 logger = logging.getLogger(__name__)
@@ -128,10 +127,12 @@ def run_demo(
     weights = _train_runs(out_dir, data, iterations, finetune_iterations, seed, progress)
 
     logger.info("[4/6] evaluating on val")
-    models, metrics, blind = {}, {}, []
+    predictors, metrics, blind = {}, {}, []
     for title, folder, _, _ in RUNS:
-        models[title], config, _ = load_model(weights[title])
-        metrics[title] = evaluate_model(models[title], config, "val", out_dir / folder, progress=progress)
+        predictors[title] = Predictor.from_checkpoint(weights[title])
+        metrics[title] = evaluate_model(
+            predictors[title].model, predictors[title].config, "val", out_dir / folder, progress=progress
+        )
         records = json.loads((out_dir / folder / "results_val.json").read_text())
         if not any(record["score"] >= DRAWN_SCORE for record in records):
             blind.append(title)
@@ -156,7 +157,7 @@ def run_demo(
 
     comparison = out_dir / "comparison.png"
     logger.info("[6/6] comparison on the most huddled val images -> %s", comparison)
-    _comparison_figure(models, data["val"], comparison_images, blind).save(comparison)
+    _comparison_figure(predictors, data["val"], comparison_images, blind).save(comparison)
     logger.info("done in %.1f minutes: %s, %s", (time.perf_counter() - started) / 60, results, comparison)
     return {
         "metrics": metrics,
@@ -190,24 +191,23 @@ def _train_runs(
 
 
 def _comparison_figure(
-    models: dict[str, torch.nn.Module], val: dict[str, Any], num_images: int, blind: list[str]
+    predictors: dict[str, Predictor], val: dict[str, Any], num_images: int, blind: list[str]
 ) -> Image:
     """``FIGURE_MODELS``' predictions side by side on the ``num_images`` most huddled images of ``val``; a
     picture without detections says so, and of the ``blind`` models (none on any val image) why.
 
     ``val`` is the split's entry of :func:`mrrcnn.data.make_synthetic`'s result.
     """
-    dataset = CocoDetection(val["images_dir"], val["annotation_file"])
+    dataset = CocoDetection(val["images_dir"], val["annotation_file"], targets=False)
     pictures, titles = [], []
-    with torch.no_grad():
-        for index, num_huddled in most_huddled(dataset.coco, dataset.ids, num_images):
-            image, _ = dataset[index]
-            file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
-            for title in FIGURE_MODELS:
-                model = models[title]
-                output = model([image.to(next(model.parameters()).device)])[0]
-                pictures.append(draw_predictions(image, output, dataset.categories, DRAWN_SCORE, scale=3.0))
-                empty = "" if (output["scores"] >= DRAWN_SCORE).any() else "; nothing detected"
-                why = " (too little training to mean anything)" if empty and title in blind else ""
-                titles.append(f"{title}: {file_name} ({num_huddled} huddled){empty}{why}")
+    for index, num_huddled in most_huddled(dataset.coco, dataset.ids, num_images):
+        image, _ = dataset[index]
+        file_name = dataset.coco.imgs[dataset.ids[index]]["file_name"]
+        for title in FIGURE_MODELS:
+            detections = predictors[title](image, file_name)
+            kept = detections.select(detections.scores >= DRAWN_SCORE)
+            pictures.append(draw_detections(image, kept, dataset.categories, scale=3.0))
+            empty = "" if len(kept) else "; nothing detected"
+            why = " (too little training to mean anything)" if empty and title in blind else ""
+            titles.append(f"{title}: {file_name} ({num_huddled} huddled){empty}{why}")
     return side_by_side(pictures, titles, columns=len(FIGURE_MODELS))

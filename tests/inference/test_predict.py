@@ -4,13 +4,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.data import CLASSES, make_synthetic
+from mrrcnn.data import CLASSES, convert_label_images, make_synthetic
 from mrrcnn.engine.checkpoint import save_checkpoint
 from mrrcnn.inference.predict import predict
 from mrrcnn.models import build_model
@@ -119,7 +120,33 @@ def test_predict_bad_inputs(weights, images, tmp_path):
     shutil.copy(images / "000000.png", empty / "000000.png")
     with pytest.raises(ValueError, match="would both be drawn to 000000.png"):
         predict(weights, [images, empty], tmp_path / "out", device="cpu", progress=False)
-    with pytest.raises(ValueError, match="000000.png: its drawing would overwrite it"):
+    with pytest.raises(ValueError, match="000000.png: its output 000000.png would overwrite it"):
         predict(weights, [empty], empty, device="cpu", progress=False)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         predict(weights, [images], tmp_path / "out", batch_size=0, progress=False)
+
+
+def test_predict_label_images_round_trip_through_convert(weights, images, tmp_path):
+    out = tmp_path / "out"
+    path = predict(weights, [images], out, score_threshold=0.1, device="cpu", progress=False)
+    predicted = json.loads(path.read_text())
+    # convert pairs each image with its <stem>_labels.png among the prediction's files.
+    converted = convert_label_images(images, out, tmp_path / "coco", label_suffix="_labels")
+    coco = json.loads(Path(converted["annotation_file"]).read_text())
+    by_image = {}
+    for annotation in predicted["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    for image in coco["images"]:
+        index = int(Path(image["file_name"]).stem) + 1
+        # Label k is the k-th detection by descending score; each pixel the highest-scoring one's.
+        kept = sorted(by_image.get(index, []), key=lambda a: -a["score"])
+        painted = np.zeros((image["height"], image["width"]), np.int64)
+        for k in range(len(kept), 0, -1):
+            painted[mask_util.decode(kept[k - 1]["segmentation"]).astype(bool)] = k
+        regions = {(painted == k).tobytes() for k in range(1, len(kept) + 1) if (painted == k).any()}
+        read_back = {
+            mask_util.decode(a["segmentation"]).astype(bool).tobytes()
+            for a in coco["annotations"]
+            if a["image_id"] == image["id"]
+        }
+        assert regions and read_back == regions
