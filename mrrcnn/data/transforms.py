@@ -1,6 +1,8 @@
 """Joint image/target transforms for detection samples, in the style of torchvision's reference scripts.
 
-Resizing and normalisation are left to the model (``GeneralizedRCNNTransform``).
+Resizing and normalisation are left to the model (``GeneralizedRCNNTransform``). Intensities are
+normalised (``data.intensity``) when the dataset reads the whole image, before these transforms: a crop is
+cut from the normalised image, not normalised on its own.
 """
 
 from __future__ import annotations

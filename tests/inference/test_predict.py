@@ -49,7 +49,8 @@ def test_predict(weights, images, tmp_path):
     assert path == tmp_path / "out" / "predictions.json"
     for name in ("000000", "000001", "000002", "extra"):
         with Image.open(tmp_path / "out" / f"{name}.png") as overlay:
-            assert overlay.size == (64, 64)
+            # 64-pixel images, enlarged 8 times to be readable.
+            assert overlay.size == (512, 512)
     dataset = json.loads(path.read_text())
     assert [(i["id"], Path(i["file_name"]).name) for i in dataset["images"]] == [
         (1, "000000.png"),

@@ -3,7 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mrrcnn.inference.visualize import draw_predictions, side_by_side
+from mrrcnn.inference.visualize import auto_scale, draw_label_image, draw_predictions, side_by_side
+
+# The colours of instances 1 and 2, and 0.35 of them: their fills over a black image.
+RED, BLUE = [255, 38, 38], [38, 101, 255]
+RED_FILL, BLUE_FILL = [89, 13, 13], [13, 35, 89]
 
 
 def prediction() -> dict[str, torch.Tensor]:
@@ -19,27 +23,123 @@ def prediction() -> dict[str, torch.Tensor]:
     }
 
 
+def test_fills_and_outlines_of_touching_instances():
+    labels = np.zeros((4, 6), dtype=np.int64)
+    labels[:, 0:3], labels[:, 3:6] = 1, 2
+    drawn = np.asarray(draw_label_image(torch.zeros(3, 4, 6), labels, ["", ""], scale=1))
+    # Outlines where the two meet (columns 2 and 3), not along the picture's border; fills elsewhere.
+    expected = np.array([RED_FILL, RED_FILL, RED, BLUE, BLUE_FILL, BLUE_FILL], dtype=np.uint8)
+    assert np.array_equal(drawn, np.broadcast_to(expected, (4, 6, 3)))
+
+
+def test_an_instance_is_outlined_against_the_background_and_the_background_is_left_alone():
+    image = torch.full((3, 5, 5), 0.5)
+    labels = torch.zeros(5, 5, dtype=torch.int64)
+    labels[1:4, 1:4] = 1
+    drawn = np.asarray(draw_label_image(image, labels, ["cell"], scale=1))
+    ring = np.ones((5, 5), dtype=bool)
+    ring[[0, 4]] = ring[:, [0, 4]] = False
+    ring[2, 2] = False
+    assert (drawn[ring] == RED).all()
+    # 0.65 x 128 + 0.35 x (255, 38, 38), rounded.
+    assert drawn[2, 2].tolist() == [172, 96, 96]
+    assert (drawn[~ring & (labels.numpy() == 0)] == 128).all()
+
+
+def test_captions_only_where_they_fit():
+    image = torch.zeros(3, 40, 60)
+    labels = torch.zeros(40, 60, dtype=torch.int64)
+    labels[2:32, 2:58] = 1
+    labels[35:38, 10:13] = 2
+    with_captions = np.asarray(draw_label_image(image, labels, ["disk 0.90", "disk 0.80"], scale=1))
+    without = np.asarray(draw_label_image(image, labels, ["", ""], scale=1))
+    differs = (with_captions != without).any(2)
+    # The first caption is written in its 56 x 30 instance; the second does not fit in 3 x 3 pixels.
+    # White text, centred: the rows and columns of the changes are balanced about the box's centre.
+    assert (with_captions[differs].min(1) > 200).any()
+    assert not differs[32:].any()
+    rows, cols = np.nonzero(differs)
+    assert abs(rows.min() + rows.max() + 1 - 34) <= 2 and abs(cols.min() + cols.max() + 1 - 60) <= 2
+    # Placed in the given boxes when there are some.
+    boxes = torch.tensor([[0.0, 0, 60, 40], [10, 35, 13, 38]])
+    boxed = np.asarray(draw_label_image(image, np.zeros((40, 60), int), ["disk 0.90", "x"], boxes, scale=1))
+    assert (boxed[0, :] == RED).all() and (boxed[:, 59] == RED).all()
+    assert (boxed[35, 10:13] == BLUE).all() and (boxed[36, 11] == 0).all()
+    assert (boxed[10:30, 10:50].min(2) > 200).any()
+
+
+def test_small_images_are_enlarged_by_a_whole_factor():
+    assert auto_scale(40, 60) == 8  # 512 / 40 = 12.8, capped at 8
+    assert auto_scale(100, 700) == 6  # 512 / 100 = 5.12, rounded up
+    assert auto_scale(512, 900) == auto_scale(2000, 3000) == 1
+    image = torch.rand(3, 4, 6)
+    labels = torch.zeros(4, 6, dtype=torch.int64)
+    labels[1, 2] = 1
+    drawn = np.asarray(draw_label_image(image, labels, ["cell"]))
+    assert drawn.shape == (32, 48, 3)
+    # Nearest neighbour: each pixel becomes an 8 x 8 block, the instance's pixel an outlined block.
+    plain = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(drawn[:8, :8], np.broadcast_to(plain[0, 0], (8, 8, 3)))
+    assert (drawn[8, 16:24] == RED).all() and (drawn[9:15, 17:23] != RED).any(2).all()
+    assert draw_label_image(image, labels, ["cell"], scale=2.5).size == (15, 10)
+
+
+def test_bad_label_images():
+    image = torch.zeros(3, 4, 6)
+    with pytest.raises(ValueError, match=r"labels must be \[H, W\] = \[4, 6\] like the image, got \[6, 4\]"):
+        draw_label_image(image, np.zeros((6, 4), int), [])
+    with pytest.raises(
+        ValueError, match=r"labels must be 0 \(background\) to 1 \(one per caption\), got 2..2"
+    ):
+        draw_label_image(image, np.full((4, 6), 2), ["a"])
+    with pytest.raises(ValueError, match=r"boxes must be \[N, 4\] with N = 1 captions, got \[2, 4\]"):
+        draw_label_image(image, np.zeros((4, 6), int), ["a"], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="scale must be a positive number or None"):
+        draw_label_image(image, np.zeros((4, 6), int), [], scale=0)
+
+
 def test_draw_predictions():
     image = torch.full((3, 40, 60), 0.5)
-    drawn = np.asarray(draw_predictions(image, prediction(), {1: "disk"}, score_threshold=0.5))
-    plain = np.full((40, 60, 3), 128, dtype=np.uint8)
+    drawn = np.asarray(draw_predictions(image, prediction(), {1: "disk"}, score_threshold=0.5, scale=1))
     assert drawn.shape == (40, 60, 3)
-    # Inside the confident mask (below its label) the colour changes; the doubtful detection is not drawn.
-    assert (drawn[12, 10] != plain[12, 10]).any()
-    assert np.array_equal(drawn[24:, 30:], plain[24:, 30:])
+    # The confident mask is filled and outlined; the doubtful detection is not drawn.
+    assert drawn[5, 10].tolist() == RED
+    assert np.array_equal(drawn[24:, 30:], np.full((16, 30, 3), 128))
+    both = np.asarray(draw_predictions(image, prediction(), {1: "disk"}, score_threshold=0.1, scale=1))
+    assert both[25, 45].tolist() == BLUE
 
-    both = np.asarray(draw_predictions(image, prediction(), {1: "disk"}, score_threshold=0.1))
-    assert (both[32, 45] != plain[32, 45]).any()
+
+def test_each_pixel_shows_the_highest_scoring_detection_over_it():
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, 0, 0:6, 0:6] = masks[1, 0, 2:8, 2:8] = 1.0
+    lower_first = {
+        "boxes": torch.tensor([[0.0, 0, 6, 6], [2, 2, 8, 8]]),
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.6, 0.9]),
+        "masks": masks,
+    }
+    drawn = np.asarray(draw_predictions(torch.zeros(3, 8, 8), lower_first, {}, scale=1))
+    # The overlap (rows and columns 2-5) is the second, higher-scoring detection's; the first is cut
+    # along it, so its outline runs there.
+    assert drawn[4, 4].tolist() == BLUE_FILL
+    assert drawn[1, 1].tolist() == RED_FILL and drawn[1, 2].tolist() == RED
 
 
 def test_draw_predictions_scale_and_empty():
     image = torch.rand(3, 40, 60)
     assert draw_predictions(image, prediction(), {}, scale=2.5).size == (150, 100)
+    assert draw_predictions(image, prediction(), {}).size == (480, 320)
     none = {k: v[:0] for k, v in prediction().items()}
-    expected = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    assert np.array_equal(np.asarray(draw_predictions(image, none, {})), expected)
+    plain = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(draw_predictions(image, none, {}, scale=1)), plain)
+    assert np.array_equal(np.asarray(draw_predictions(image, none, {})), plain.repeat(8, 0).repeat(8, 1))
+
+
+def test_a_model_without_masks_has_its_boxes_drawn():
     no_masks = {k: v for k, v in prediction().items() if k != "masks"}
-    assert draw_predictions(image, no_masks, {}).size == (60, 40)
+    drawn = np.asarray(draw_predictions(torch.zeros(3, 40, 60), no_masks, {}, scale=1))
+    assert (drawn[5, 5:25] == RED).all() and (drawn[14, 5:25] == RED).all()
+    assert (drawn[5:15, 24] == RED).all() and (drawn[10, 10] == 0).all()
 
 
 def test_side_by_side():
