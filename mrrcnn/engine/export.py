@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 
-from ..models.transform import ScaleTransform
 from ..models.traceable import traceable_detection
+from ..models.transform import ScaleTransform
 from .checkpoint import load_model
 
 # PyTorch 2's formats first, then the legacy ones (TorchScript, and ONNX by the TorchScript-based exporter).

@@ -17,7 +17,7 @@ from .detections import Detections
 from .labels import write_label_image
 from .predictor import Predictor
 from .results import to_coco_results, write_results
-from .visualize import draw_label_image
+from .visualize import draw_detections
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +151,10 @@ def predict(
 
 
 def _write_pictures(stem: Path, image: Tensor, detections: Detections, categories: dict[int, str]) -> None:
-    """``<stem>.png``, the overlay, and for a model with masks ``<stem>_labels.png`` (or ``.tif``), of
-    ``detections`` sorted by descending score."""
-    captions = [
-        f"{categories.get(int(label), int(label))} {float(score):.2f}"
-        for label, score in zip(detections.labels, detections.scores)
-    ]
-    labels = None if detections.masks is None else detections.label_image()
-    draw_label_image(image, labels, captions, detections.boxes).save(f"{stem}.png")
-    if labels is not None:
-        write_label_image(labels, stem)
+    """``<stem>.png``, the overlay, and for a model with masks ``<stem>_labels.png`` (or ``.tif``)."""
+    draw_detections(image, detections, categories).save(f"{stem}.png")
+    if detections.masks is not None:
+        write_label_image(detections.label_image(), stem)
 
 
 def _annotations(image_id: int, detections: Detections, first_id: int) -> list[dict[str, Any]]:

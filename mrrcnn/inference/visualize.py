@@ -11,6 +11,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from .detections import Detections
+
 # Golden-ratio hue steps: neighbouring instances, the point of the huddled benchmark, get distinct colours.
 _HUE_STEP = 0.618033988749895
 # Translucent enough that the cell under a fill stays visible, as napari's label layers draw them.
@@ -155,46 +157,31 @@ def _caption(picture: Image.Image, captions: list[str], boxes: Tensor) -> None:
         draw.text(at, caption, fill="white", font=font, stroke_width=1, stroke_fill="black")
 
 
-def draw_predictions(
-    image: Tensor,
-    prediction: dict[str, Tensor],
-    categories: dict[int, str],
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    scale: float | None = None,
+def draw_detections(
+    image: Tensor, detections: Detections, categories: dict[int, str], scale: float | None = None
 ) -> Image.Image:
-    """The image with each confident detection drawn by :func:`draw_label_image`, captioned
-    ``"class score"``: its mask, or its box for a model without masks.
-
-    Masks are painted into one label image in ascending score, so that each pixel shows the
-    highest-scoring detection covering it.
+    """The image with each detection drawn by :func:`draw_label_image`, captioned ``"class score"``: its
+    mask, each pixel the highest-scoring detection's covering it, or its box for a model without masks.
 
     Args:
         image: ``Tensor[3, H, W]``, RGB in [0, 1].
-        prediction: a torchvision detection output in the image's pixels: ``boxes`` ``Tensor[N, 4]``
-            (x1, y1, x2, y2), ``labels`` ``Int64Tensor[N]``, ``scores`` ``Tensor[N]`` and optionally
-            ``masks`` ``Tensor[N, 1, H, W]`` probabilities.
+        detections: the image's detections (select the confident ones first).
         categories: category id -> name; an id not in it is shown as its number.
-        score_threshold: detections scoring below this are not drawn.
-        mask_threshold: a mask pixel is drawn where its probability is above this.
         scale: enlarge by this factor; None: by :func:`auto_scale`.
 
     Returns:
-        An RGB image of ``round(scale * W)`` x ``round(scale * H)`` pixels.
+        An RGB image of ``round(scale * W)`` x ``round(scale * H)`` pixels; instances coloured by
+        descending score.
     """
-    keep = (prediction["scores"] >= score_threshold).cpu()
-    scores = prediction["scores"].detach().cpu()[keep]
+    detections = detections.select(torch.argsort(detections.scores, descending=True, stable=True))
     captions = [
         f"{categories.get(int(label), int(label))} {float(score):.2f}"
-        for label, score in zip(prediction["labels"].cpu()[keep], scores)
+        for label, score in zip(detections.labels, detections.scores)
     ]
-    labels = torch.zeros(image.shape[-2:], dtype=torch.int64)
-    if "masks" not in prediction:
-        return draw_label_image(image, labels, captions, prediction["boxes"].detach().cpu()[keep], scale)
-    masks = prediction["masks"].detach().cpu()[keep][:, 0] > mask_threshold
-    for index in torch.argsort(scores, stable=True).tolist():
-        labels[masks[index]] = index + 1
-    return draw_label_image(image, labels, captions, scale=scale)
+    if detections.masks is None:
+        labels = torch.zeros(image.shape[-2:], dtype=torch.int64)
+        return draw_label_image(image, labels, captions, detections.boxes, scale)
+    return draw_label_image(image, detections.label_image(), captions, scale=scale)
 
 
 def side_by_side(images: list[Image.Image], titles: list[str], columns: int | None = None) -> Image.Image:

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mrrcnn.inference.visualize import auto_scale, draw_label_image, draw_predictions, side_by_side
+from mrrcnn.inference.detections import Detections
+from mrrcnn.inference.visualize import auto_scale, draw_detections, draw_label_image, side_by_side
 
 # The colours of instances 1 and 2, and 0.35 of them: their fills over a black image.
 RED, BLUE = [255, 38, 38], [38, 101, 255]
@@ -98,7 +99,13 @@ def test_bad_label_images():
         draw_label_image(image, np.zeros((4, 6), int), [], scale=0)
 
 
-def test_draw_predictions():
+def draw_predictions(image, output, categories, score_threshold=0.5, scale=None):
+    """What callers draw: the detections of a torchvision output scoring at least ``score_threshold``."""
+    detections = Detections.from_output(output, image_size=tuple(image.shape[1:]))
+    return draw_detections(image, detections.select(detections.scores >= score_threshold), categories, scale)
+
+
+def test_draw_detections():
     image = torch.full((3, 40, 60), 0.5)
     drawn = np.asarray(draw_predictions(image, prediction(), {1: "disk"}, score_threshold=0.5, scale=1))
     assert drawn.shape == (40, 60, 3)
@@ -119,13 +126,13 @@ def test_each_pixel_shows_the_highest_scoring_detection_over_it():
         "masks": masks,
     }
     drawn = np.asarray(draw_predictions(torch.zeros(3, 8, 8), lower_first, {}, scale=1))
-    # The overlap (rows and columns 2-5) is the second, higher-scoring detection's; the first is cut
-    # along it, so its outline runs there.
-    assert drawn[4, 4].tolist() == BLUE_FILL
-    assert drawn[1, 1].tolist() == RED_FILL and drawn[1, 2].tolist() == RED
+    # The overlap (rows and columns 2-5) is the second, higher-scoring detection's (coloured first, by
+    # descending score); the first is cut along it, so its outline runs there.
+    assert drawn[4, 4].tolist() == RED_FILL
+    assert drawn[1, 1].tolist() == BLUE_FILL and drawn[1, 2].tolist() == BLUE
 
 
-def test_draw_predictions_scale_and_empty():
+def test_draw_detections_scale_and_empty():
     image = torch.rand(3, 40, 60)
     assert draw_predictions(image, prediction(), {}, scale=2.5).size == (150, 100)
     assert draw_predictions(image, prediction(), {}).size == (480, 320)
