@@ -105,7 +105,7 @@ def test_convert_label_images_then_train_on_them(capsys, tmp_path):
         f"train: 2 images, 6 instances of 1 class(es) (nucleus) -> {coco / 'train'}, {coco / 'annotations/train.json'}"
     )
     assert hint.startswith("train on it: mrrcnn train --config CONFIG ")
-    assert hint.endswith("model.num_classes=2 data.intensity=percentile")
+    assert hint.endswith("model.num_classes=2 model.resize=scale model.scale=1 data.intensity=percentile")
     argv = ["train", "--config", "synthetic/maskrcnn_small", *hint.split("CONFIG ")[1].split(), *TINY]
     assert run(capsys, *argv, f"train.output_dir={tmp_path / 'run'}", "NOPROGRESS")[0] == 0
     final = torch.load(tmp_path / "run/final.pth", weights_only=True)
@@ -232,6 +232,14 @@ def test_user_errors_are_one_line_with_status_2(trained, capsys, tmp_path):
         run(capsys, "predict", "--weights", weights, tmp_path / "thin.png", "--out", tmp_path / "p"),
         "predict",
         "thin.png: a 300x2 image would be resized",
+    )
+    # The keys of whole-image inference, given after the options.
+    predict = ["predict", "--weights", weights, image, "--out", tmp_path / "p"]
+    assert_error(run(capsys, *predict, "model.resize=scale", "model.scale=0"), "predict", "model.scale")
+    assert_error(
+        run(capsys, *predict, "eval.tile_size=128", "eval.tile_overlap=128"),
+        "predict",
+        "eval.tile_size (128) must exceed eval.tile_overlap (128)",
     )
 
 
@@ -452,7 +460,10 @@ def test_debug_shows_the_traceback(tmp_path):
             ["predict", "--weights", "w.pth", "img", "--out", "o", "model.min_size=512"],
             ["model.min_size=512"],
         ),
-        (["export", "--weights", "w.pth", "--out", "o.pt2", "model.alpha=0.5"], ["model.alpha=0.5"]),
+        (
+            ["export", "--weights", "w.pth", "--format", "onnx", "--out", "o.onnx", "model.alpha=0.5"],
+            ["model.alpha=0.5"],
+        ),
     ],
     ids=["train", "eval", "eval-first", "predict", "export"],
 )
@@ -481,4 +492,4 @@ def test_commands_without_a_config_refuse_overrides(argv, capsys):
 def test_unknown_arguments_are_still_errors(capsys):
     with pytest.raises(SystemExit):
         cli._parse(cli.build_parser(), ["eval", "--weights", "w.pth", "--splt", "val"])
-    assert "unrecognized arguments: --splt val" in capsys.readouterr().err
+    assert "mrrcnn eval: error: unrecognized arguments: --splt" in capsys.readouterr().err
