@@ -28,7 +28,7 @@ from .engine.checkpoint import load_model
 from .engine.demo import run_demo
 from .engine.export import DEFAULT_OPSET, FORMATS, OPSETS, export_checkpoint
 from .engine.train import train
-from .evaluation.coco_eval import SUBSETS, format_table
+from .evaluation.coco_eval import SUBSETS, TABLE_MATCHING, format_table
 from .evaluation.evaluate import evaluate_model
 from .inference.predict import predict
 
@@ -95,11 +95,16 @@ def _eval(args: argparse.Namespace) -> None:
             distributed.cleanup()
     if not metrics:  # not rank 0
         return
-    # One column per instance subset; rows are "{iou_type}/{metric}".
-    columns = {"overall": {k: v for k, v in metrics.items() if not k.startswith(SUBSETS)}}
+    # One column per instance subset; rows are "{iou_type}/{metric}" and the matching metrics at IoU 0.5
+    # (every threshold and category is in the metrics json).
+    shown = {k: v for k, v in metrics.items() if not k.startswith("category/")}
+    shown = {
+        k: v for k, v in shown.items() if "matching/" not in k or k.split("matching/")[1] in TABLE_MATCHING
+    }
+    columns = {"overall": {k: v for k, v in shown.items() if not k.startswith(SUBSETS)}}
     for subset in SUBSETS:
         prefix = f"{subset}/"
-        columns[subset] = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+        columns[subset] = {k.removeprefix(prefix): v for k, v in shown.items() if k.startswith(prefix)}
     print(format_table(columns), end="")
     print(f"results and metrics: {out}/results_{args.split}.json, {out}/metrics_{args.split}.json")
 

@@ -70,7 +70,7 @@ def convert_label_images(
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     images, annotations, wide = [], [], 0
     for image_id, (stem, image_path, label_path) in enumerate(pairs, start=1):
-        picture, labels = _picture(image_path), _labels(label_path)
+        picture, labels = _picture(image_path), read_label_image(label_path)
         (height, width), (picture_height, picture_width) = labels.shape, picture.shape[:2]
         if (height, width) != (picture_height, picture_width):
             raise ValueError(
@@ -180,8 +180,8 @@ def _picture(path: Path) -> np.ndarray:
     )
 
 
-def _labels(path: Path) -> np.ndarray:
-    """A label image's ``[H, W]`` integers >= 0."""
+def read_label_image(path: Path) -> np.ndarray:
+    """A label image file's ``[H, W]`` integers >= 0 (PNG by PIL, TIFF by tifffile), as stored."""
     labels = _read_pixels(path, "label image", None)
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)

@@ -1,1 +1,6 @@
-"""Scoring detections against ground truth: COCO AP (all / huddled / isolated / touching) and instance matching."""
+"""Scoring detections against ground truth: COCO AP (all / huddled / isolated / touching / separate) and
+instance matching."""
+
+from .score import score
+
+__all__ = ["score"]

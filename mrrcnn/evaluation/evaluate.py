@@ -47,7 +47,8 @@ def evaluate_model(
     device: str | torch.device | None = None,
     oracle_masks: Callable[[dict[str, Any]], Tensor] | None = None,
 ) -> dict[str, float]:
-    """COCO box and mask AP of ``model`` on a split, overall and on huddled / isolated instances.
+    """COCO box and mask AP of ``model`` on a split, overall and on each instance subset (huddled /
+    isolated, touching / separate), and the instance-matching metrics microscopy compares by.
 
     Under ``torch.distributed`` each process runs every ``world_size``-th image; the predictions are
     gathered and evaluated on rank 0. The model's train/eval mode is restored afterwards.
@@ -109,7 +110,13 @@ def evaluate_model(
 
     _check_evaluable(dataset, data, image_ids, records)
     gt = _evaluated_ground_truth(dataset.coco.dataset, image_ids, data["images"])
-    metrics = evaluate_split(gt, records, backend=eval_config.get("backend") or DEFAULT_BACKEND)
+    metrics = evaluate_split(
+        gt,
+        records,
+        backend=eval_config.get("backend") or DEFAULT_BACKEND,
+        score_threshold=eval_config.get("score_threshold", 0.5),
+        touch_distance=eval_config.get("touch_distance", 2),
+    )
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

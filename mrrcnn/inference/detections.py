@@ -116,11 +116,7 @@ class Detections:
             raise ValueError("these detections have no masks")
         height, width = self.image_size
         return [
-            mask_util.frPyObjects(
-                {"counts": _runs(mask.numpy(), int(x0), int(y0), height, width), "size": [height, width]},
-                height,
-                width,
-            )
+            crop_rle(mask.numpy(), x0, y0, height, width)
             for mask, (x0, y0) in zip(self.masks, self.origins.tolist())
         ]
 
@@ -139,9 +135,17 @@ class Detections:
         return labels
 
 
+def crop_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """The compressed COCO RLE of ``crop`` (bool ``[h, w]``) placed at (``x0``, ``y0``) in a ``height`` x
+    ``width`` image, computed from the crop's columns alone (never the image's size in memory but one
+    ``[height, w]`` strip)."""
+    counts = _runs(crop, x0, y0, height, width)
+    return mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+
+
 def _runs(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> list[int]:
-    """Uncompressed COCO RLE counts (column-major runs, starting with background) of ``crop`` (bool
-    ``[h, w]``) placed at (``x0``, ``y0``) in a ``height`` x ``width`` image."""
+    """Uncompressed COCO RLE counts (column-major runs, starting with background) of ``crop`` placed at
+    (``x0``, ``y0``) in a ``height`` x ``width`` image."""
     h, w = crop.shape
     if not crop.any():
         return [height * width]

@@ -9,18 +9,24 @@ import torch.multiprocessing as mp
 from torchvision.ops import FrozenBatchNorm2d
 
 from mrrcnn.config import CONFIG_DIR, load_config
-from mrrcnn.data import coco, images, make_synthetic
+from mrrcnn.data import CLASSES, coco, images, make_synthetic
 from mrrcnn.engine.checkpoint import load_model, resolve_device, save_checkpoint
 from mrrcnn.evaluation.coco_eval import IOU_TYPES, METRICS, SUBSETS
 from mrrcnn.evaluation.evaluate import evaluate_model
+from mrrcnn.evaluation.matching import COUNTS, RATIOS, THRESHOLDS
 from mrrcnn.models import build_model
 
 CONFIGS = CONFIG_DIR / "synthetic"
+MATCHING = [f"{t:g}/{name}" for t in THRESHOLDS for name in (*COUNTS, *RATIOS)]
 KEYS = {
     f"{prefix}{iou_type}/{metric}"
     for prefix in ("", *(f"{subset}/" for subset in SUBSETS))
     for iou_type in IOU_TYPES
     for metric in METRICS
+} | {
+    f"{prefix}matching/{key}"
+    for prefix in ("", *(f"{subset}/" for subset in SUBSETS), *(f"category/{name}/" for name in CLASSES))
+    for key in MATCHING
 }
 
 
