@@ -14,6 +14,7 @@ import torch
 
 from . import load, plots
 from .beyond_report import beyond_section
+from .matching_report import matching_section
 from .runs import ALPHAS, BENCHMARKS, DIAGNOSED, FIGURES, RUNS, Benchmark
 from .sara import DEGRADATIONS, QUALITY_FOLDERS
 from .stats import judge, mean_std, seen, verdict
@@ -638,5 +639,6 @@ set and scale, put beside ours only to show which claim each row tests.
 {sara_section(main, hard, quality, numbers)}
 {reading_section(main, diag)}
 {beyond_section(numbers)}
+{matching_section()}
 {cost_section(main)}"""
     out.write_text(text)

@@ -1,10 +1,12 @@
-"""COCO AP of detection results, overall and on huddled / isolated instances.
+"""COCO AP of detection results, overall and on huddled / isolated and touching / separate instances;
+with masks, the instance-matching metrics (:mod:`mrrcnn.evaluation.matching`) too.
 
 Two backends give the same numbers: pycocotools (the reference) and faster_coco_eval (its C++ port).
 ``DEFAULT_BACKEND`` is the faster of the two, chosen by bench/coco_eval.py, see docs/benchmarks/coco_eval.md.
 
-The huddled / isolated split measures the paper's claim that mask refining helps crowded instances. In
-each split the instances of the other subset become crowd regions (``iscrowd=1``): this is the only
+The huddled / isolated split measures the paper's claim that mask refining helps crowded instances; the
+touching / separate split (:mod:`mrrcnn.evaluation.touching`) the crowding of round objects. In each split
+the instances of the other subset become crowd regions (``iscrowd=1``): this is the only
 "ignore" both backends honour (their ``_prepare`` overwrites any ``ignore`` key with ``iscrowd``), and
 crowd semantics is what the split needs: a detection that matches no regular instance but lies on a crowd
 region (intersection over the detection's own area at the IoU threshold) is ignored, neither a true nor a
