@@ -35,7 +35,14 @@ from .inference.predict import predict
 
 def _synth(args: argparse.Namespace) -> None:
     summary = make_synthetic(
-        args.out, args.train, args.val, args.seed, args.image_size, args.crowding, args.appearance
+        args.out,
+        args.train,
+        args.val,
+        seed=args.seed,
+        image_size=args.image_size,
+        crowding=args.crowding,
+        appearance=args.appearance,
+        object_size=args.object_size,
     )
     for split in ("train", "val"):
         s = summary[split]
@@ -189,6 +196,14 @@ def _add_synth(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=synth["image_size"],
         metavar="PX",
         help="image side (default: %(default)s)",
+    )
+    p.add_argument(
+        "--object-size",
+        type=int,
+        default=synth["object_size"],
+        metavar="PX",
+        help="size shapes as in an image of this side, as many as keep its density: large images of "
+        "many usual-size instances (default: the image size)",
     )
     p.add_argument(
         "--crowding",

@@ -19,6 +19,10 @@ Masks, boxes and areas describe the **visible** part of each instance. Instances
 they could no longer be recognised (visible part under ``MIN_VISIBLE_FRACTION`` of the shape or under
 ``MIN_VISIBLE_PIXELS``) are removed before the image is painted, so nothing unannotated shows.
 
+Large images (a large-image benchmark) keep the instances of the standard 160-pixel images with
+``object_size=160``: shape sizes stay, their number grows with the area. Memory grows with the image and
+the instances' bounding squares only, never with their product.
+
 Every image has its own random stream, ``PCG64(SeedSequence(seed, spawn_key=(split, index)))``: the
 same seed gives byte-identical files, train and val are independent, and asking for more images keeps
 the first ones.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -42,7 +46,8 @@ from .huddle import huddled
 
 CLASSES = ("disk", "square", "triangle", "cross", "ring")
 REFERENCE_IMAGE_SIZE = 160
-# At REFERENCE_IMAGE_SIZE; both scale with the image side (the count with its area).
+# At REFERENCE_IMAGE_SIZE; sizes scale with the object size (by default the image side), the count with
+# the image's area.
 SIZE_RANGE = (15.0, 50.0)
 INSTANCES_PER_IMAGE = (4, 10)
 CLUSTER_SIZES = (2, 5)
@@ -69,6 +74,7 @@ def make_synthetic(
     image_size: int = REFERENCE_IMAGE_SIZE,
     crowding: float = 0.85,
     appearance: str = "varied",
+    object_size: int | None = None,
 ) -> dict[str, Any]:
     """Write the benchmark: ``out_dir/{train,val}/*.png`` and ``out_dir/annotations/{train,val}.json``.
 
@@ -79,8 +85,8 @@ def make_synthetic(
         out_dir: output folder; existing files of the same names are overwritten.
         num_train, num_val: number of images per split.
         seed: non-negative integer; the same seed gives byte-identical files.
-        image_size: side of the square RGB images in pixels (>= 64); shape sizes and the number of
-            instances per image scale with it.
+        image_size: side of the square RGB images in pixels (>= 64); the number of instances per image
+            scales with its area, and so do shape sizes unless ``object_size`` is given.
         crowding: expected fraction in [0, 1] of the instances drawn in clusters rather than isolated.
             0 gives no intended overlaps, the default 0.85 about half huddled instances, 1 about 60 %.
         appearance: ``"varied"``: every instance has its own colour and texture, picked to stand out from
@@ -88,6 +94,10 @@ def make_synthetic(
             and texture and each is drawn with a dark 1-pixel outline, so only outlines and occlusions
             separate neighbours, and a rectangle's features mix them most. ``"varied"`` draws exactly
             what it did before this option existed.
+        object_size: shapes are sized as in an image of this side in pixels (an integer in
+            [64, ``image_size``]), while their number still scales with ``image_size``'s area, so the
+            density matches: large images of many instances of the usual size. ``None`` (default): the
+            image size. Recorded in the annotations' ``info`` only when given.
 
     Returns:
         ``{"out_dir": str, "train": {...}, "val": {...}}`` where each split gives ``images_dir``,
@@ -97,6 +107,10 @@ def make_synthetic(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not (isinstance(image_size, int) and image_size >= 64):
         raise ValueError(f"image_size must be an integer >= 64, got {image_size!r}")
+    if object_size is not None and not (isinstance(object_size, int) and 64 <= object_size <= image_size):
+        raise ValueError(
+            f"object_size must be an integer in [64, image_size={image_size}], got {object_size!r}"
+        )
     if not 0.0 <= crowding <= 1.0:
         raise ValueError(f"crowding must lie in [0, 1], got {crowding!r}")
     if appearance not in APPEARANCES:
@@ -115,6 +129,9 @@ def make_synthetic(
         "crowding": crowding,
         "appearance": appearance,
     }
+    # Only when given: files written without it stay byte-identical to those made before it existed.
+    if object_size is not None:
+        info["object_size"] = object_size
     with tqdm(total=num_train + num_val, desc="synth", unit="img", disable=None) as progress:
         for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
             images_dir = out_dir / split
@@ -122,14 +139,18 @@ def make_synthetic(
             images, annotations, num_huddled = [], [], 0
             for index in range(count):
                 rng = Generator(PCG64(SeedSequence(seed, spawn_key=(split_index, index))))
-                pixels, labels, masks = _draw_image(rng, image_size, crowding, appearance)
+                pixels, labels, masks = _draw_image(
+                    rng, image_size, crowding, appearance, object_size or image_size
+                )
                 file_name = f"{index:06d}.png"
                 Image.fromarray(pixels).save(images_dir / file_name, format="PNG", compress_level=6)
                 image_id = index + 1
                 images.append(
                     {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
                 )
-                records, image_huddled = _instance_records(image_id, len(annotations) + 1, labels, masks)
+                records, image_huddled = _instance_records(
+                    image_id, len(annotations) + 1, labels, masks, image_size
+                )
                 annotations.extend(records)
                 num_huddled += image_huddled
                 progress.update()
@@ -154,18 +175,32 @@ def make_synthetic(
     return summary
 
 
+class _Crop(NamedTuple):
+    """A bool ``mask`` ``[h, w]`` over the image window whose top-left pixel is row ``y0``, column ``x0``."""
+
+    y0: int
+    x0: int
+    mask: np.ndarray
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        """The rows and columns of the image that ``mask`` covers."""
+        height, width = self.mask.shape
+        return slice(self.y0, self.y0 + height), slice(self.x0, self.x0 + width)
+
+
 def _instance_records(
-    image_id: int, first_id: int, labels: np.ndarray, masks: np.ndarray
+    image_id: int, first_id: int, labels: np.ndarray, masks: list[_Crop], size: int
 ) -> tuple[list[dict[str, Any]], int]:
     """COCO annotation records of one image's instances, numbered from ``first_id``, and how many are huddled.
 
     Args:
         labels: ``int[N]`` category ids.
-        masks: ``uint8[N, H, W]`` visible parts, 0/1.
+        masks: the ``N`` visible parts, non-empty, in a ``size`` x ``size`` image.
     """
-    boxes = _mask_boxes(masks)
+    boxes = np.array([_crop_box(mask) for mask in masks], dtype=np.int64).reshape(-1, 4)
     num_huddled = int(huddled(torch.from_numpy(boxes).double()).sum())
-    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    rles = [_encode(mask, size) for mask in masks]
     records = [
         {
             "id": first_id + i,
@@ -181,77 +216,140 @@ def _instance_records(
     return records, num_huddled
 
 
+def _crop_box(crop: _Crop) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) pixel-edge box, in image pixels, of a non-empty ``crop``."""
+    rows, cols = np.flatnonzero(crop.mask.any(1)), np.flatnonzero(crop.mask.any(0))
+    return crop.x0 + cols[0], crop.y0 + rows[0], crop.x0 + cols[-1] + 1, crop.y0 + rows[-1] + 1
+
+
+def _encode(crop: _Crop, size: int) -> dict[str, Any]:
+    """Compressed COCO RLE of ``crop`` in a ``size`` x ``size`` image, without building the whole mask.
+
+    The runs alternate zeros and ones, zeros first, over the pixels in column-major order. The crop's
+    columns, with the zero rows above and below it (a ``[size, w]`` strip), are one stretch of that
+    order; the columns left and right of it only lengthen the first and the last run of zeros. The counts
+    are those ``mask_util.encode`` finds in the whole mask, so the string is the same.
+    """
+    height, width = crop.mask.shape
+    strip = np.zeros((size, width), dtype=bool)
+    strip[crop.y0 : crop.y0 + height] = crop.mask
+    flat = strip.ravel(order="F")
+    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], starts, [flat.size]]))
+    if flat[0]:
+        runs = np.concatenate([[0], runs])
+    runs[0] += crop.x0 * size
+    after = (size - crop.x0 - width) * size
+    if len(runs) % 2:  # the last run counts zeros
+        runs[-1] += after
+    elif after:
+        runs = np.append(runs, after)
+    return mask_util.frPyObjects({"size": [size, size], "counts": runs.tolist()}, size, size)
+
+
 def _draw_image(
-    rng: Generator, size: int, crowding: float, appearance: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lay out and paint one image.
+    rng: Generator, size: int, crowding: float, appearance: str, object_size: int
+) -> tuple[np.ndarray, np.ndarray, list[_Crop]]:
+    """Lay out and paint one image, with shapes sized as in an image of ``object_size`` pixels.
+
+    Memory is O(image + the instances' bounding squares): each shape lives in its own window only.
 
     Returns:
         ``pixels``: uint8 ``[size, size, 3]`` RGB; ``labels``: int64 ``[N]`` category ids (1-based);
-        ``masks``: uint8 ``[N, size, size]``, the visible part of each instance, disjoint.
+        ``masks``: the ``N`` visible parts, disjoint.
     """
-    labels, centres, sizes, angles = _layout(rng, size, crowding)
+    labels, centres, sizes, angles = _layout(rng, size, crowding, object_size)
+    # Shapes read their windows of this grid: a crop sees exactly the pixel centres the whole image has.
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
-    shapes = np.array([_shape(*args, xs, ys) for args in zip(labels, centres, sizes, angles)], dtype=bool)
-    shapes = shapes.reshape(-1, size, size)
-    visible = _visible(shapes)
-    area = visible.sum((1, 2))
-    keep = (area >= MIN_VISIBLE_FRACTION * shapes.sum((1, 2))) & (area >= MIN_VISIBLE_PIXELS)
+    shapes = [_shape_crop(*args, xs, ys) for args in zip(labels, centres, sizes, angles)]
+    area = np.array([part.mask.sum() for part in _visible(shapes, size)], dtype=np.int64)
+    whole = np.array([shape.mask.sum() for shape in shapes], dtype=np.int64)
+    keep = (area >= MIN_VISIBLE_FRACTION * whole) & (area >= MIN_VISIBLE_PIXELS)
     # Removing instances only uncovers the others, so everyone kept still passes the test.
     labels, centres, sizes = labels[keep], centres[keep], sizes[keep]
-    visible = _visible(shapes[keep])
+    shapes = [shape for shape, kept in zip(shapes, keep) if kept]
+    visible = _visible(shapes, size)
 
     pixels = _background(rng, size, xs, ys)
     if appearance == "uniform":
-        _paint_uniform(rng, pixels, shapes[keep], visible, xs, ys)
+        _paint_uniform(rng, pixels, shapes, visible, xs, ys)
     else:
-        colours = np.empty((len(labels), 3))
-        for i, mask in enumerate(visible):
-            cx, cy = centres[i].astype(int)
-            near = np.linalg.norm(centres[:i] - centres[i], axis=1) < EXTENT * (sizes[:i] + sizes[i])
-            colours[i] = _pick_colour(rng, np.concatenate([pixels[cy, cx][None], colours[:i][near]]))
-            pixels[mask] = _texture(rng, colours[i], xs[mask], ys[mask])
+        _paint_varied(rng, pixels, centres, sizes, visible, xs, ys)
     pixels += rng.normal(0.0, 0.02, pixels.shape)
     pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
-    return pixels, labels + 1, visible.astype(np.uint8)
+    return pixels, labels + 1, visible
+
+
+def _paint_varied(
+    rng: Generator,
+    pixels: np.ndarray,
+    centres: np.ndarray,
+    sizes: np.ndarray,
+    visible: list[_Crop],
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """Paint every instance's visible part with its own colour and texture, in place.
+
+    Args:
+        pixels: float ``[H, W, 3]`` background, painted over; centres: float ``[N, 2]`` (x, y pixels);
+            sizes: float ``[N]`` (pixels); xs, ys: pixel-centre coordinates ``[H, W]``.
+    """
+    colours = np.empty((len(visible), 3))
+    for i, part in enumerate(visible):
+        cx, cy = centres[i].astype(int)
+        near = np.linalg.norm(centres[:i] - centres[i], axis=1) < EXTENT * (sizes[:i] + sizes[i])
+        colours[i] = _pick_colour(rng, np.concatenate([pixels[cy, cx][None], colours[:i][near]]))
+        window = part.window
+        painted = pixels[window]
+        painted[part.mask] = _texture(rng, colours[i], xs[window][part.mask], ys[window][part.mask])
 
 
 def _paint_uniform(
     rng: Generator,
     pixels: np.ndarray,
-    shapes: np.ndarray,
-    visible: np.ndarray,
+    shapes: list[_Crop],
+    visible: list[_Crop],
     xs: np.ndarray,
     ys: np.ndarray,
 ) -> None:
     """Paint every instance with the image's one fill and a dark outline of its whole shape, in place.
 
     Args:
-        pixels: float ``[H, W, 3]`` background, painted over; shapes, visible: bool ``[N, H, W]`` whole
-            shapes and their visible parts; xs, ys: pixel-centre coordinates ``[H, W]``.
+        pixels: float ``[H, W, 3]`` background, painted over; shapes, visible: whole shapes and their
+            visible parts, in the same windows; xs, ys: pixel-centre coordinates ``[H, W]``.
     """
     size = pixels.shape[0]
     colour = _pick_colour(rng, pixels[size // 2, size // 2][None])
     fill = _texture(rng, colour, xs.ravel(), ys.ravel()).reshape(pixels.shape)
-    padded = np.pad(shapes, ((0, 0), (1, 1), (1, 1)))
-    interior = (
-        padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:] & shapes
-    )
-    for shape_visible, outline in zip(visible, shapes & ~interior):
-        pixels[shape_visible] = fill[shape_visible]
-        rim = shape_visible & outline
-        pixels[rim] = fill[rim] * OUTLINE_SHADE
+    for shape, part in zip(shapes, visible):
+        rim = part.mask & _outline(shape.mask)
+        painted, shape_fill = pixels[part.window], fill[part.window]
+        painted[part.mask] = shape_fill[part.mask]
+        painted[rim] = shape_fill[rim] * OUTLINE_SHADE
 
 
-def _layout(rng: Generator, size: int, crowding: float) -> tuple[np.ndarray, ...]:
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Bool ``[h, w]``: the pixels of ``mask`` with a 4-neighbour outside it (beyond the edge counts)."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
+    return mask & ~interior
+
+
+def _layout(rng: Generator, size: int, crowding: float, object_size: int) -> tuple[np.ndarray, ...]:
     """Draw the instances in painting order: clusters first, then isolated ones in the space left.
+
+    Positions span the image's ``size``; sizes are those of an image of ``object_size`` pixels, and the
+    count is that of such images covering this one's area, ``(size / object_size)**2`` of them, so the
+    density of instances stays the same.
 
     Returns:
         ``labels`` int ``[N]`` (0-based class), ``centres`` float ``[N, 2]`` (x, y pixels), ``sizes``
         float ``[N]`` (pixels) and ``angles`` float ``[N]`` (radians).
     """
-    scale = size / REFERENCE_IMAGE_SIZE
-    low, high = (max(1, round(n * scale**2)) for n in INSTANCES_PER_IMAGE)
+    scale = object_size / REFERENCE_IMAGE_SIZE
+    # (object_size / REF)**2 instances per object_size image times (size / object_size)**2 images.
+    low, high = (max(1, round(n * (size / REFERENCE_IMAGE_SIZE) ** 2)) for n in INSTANCES_PER_IMAGE)
     num_instances = int(rng.integers(low, high + 1))
     left = int(rng.binomial(num_instances, crowding))
     centres, sizes = [], []
@@ -313,12 +411,29 @@ def _shape(
     return inside.all(0)
 
 
-def _visible(shapes: np.ndarray) -> np.ndarray:
-    """Bool ``[N, H, W]`` visible parts of whole ``shapes`` (bool ``[N, H, W]``) painted in order."""
-    if not len(shapes):
-        return shapes
-    top = len(shapes) - 1 - np.argmax(shapes[::-1], axis=0)
-    return shapes & (top == np.arange(len(shapes))[:, None, None])
+def _shape_crop(
+    label: int, centre: np.ndarray, d: float, angle: float, xs: np.ndarray, ys: np.ndarray
+) -> _Crop:
+    """One whole shape (see :func:`_shape`) in its bounding square, centre +- ``EXTENT * d`` clipped.
+
+    A margin of 1 pixel keeps a border of background around the shape inside the image, so that its
+    outline (:func:`_outline`) is the same as in the whole image.
+    """
+    size = xs.shape[0]
+    x0, y0 = (max(0, math.floor(c - EXTENT * d) - 1) for c in centre)
+    x1, y1 = (min(size, math.ceil(c + EXTENT * d) + 1) for c in centre)
+    window = slice(y0, y1), slice(x0, x1)
+    return _Crop(y0, x0, _shape(label, centre, d, angle, xs[window], ys[window]))
+
+
+def _visible(shapes: list[_Crop], size: int) -> list[_Crop]:
+    """The visible parts of whole ``shapes`` painted in order in a ``size`` x ``size`` image."""
+    top = np.full((size, size), -1, dtype=np.int32)  # which shape was painted last at each pixel
+    for i, shape in enumerate(shapes):
+        top[shape.window][shape.mask] = i
+    return [
+        _Crop(shape.y0, shape.x0, shape.mask & (top[shape.window] == i)) for i, shape in enumerate(shapes)
+    ]
 
 
 def _background(rng: Generator, size: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -348,12 +463,3 @@ def _texture(rng: Generator, colour: np.ndarray, xs: np.ndarray, ys: np.ndarray)
     angle, period, shade = rng.uniform(0, math.pi), rng.uniform(4.0, 9.0), rng.uniform(0.5, 0.8)
     stripe = np.floor((xs * math.cos(angle) + ys * math.sin(angle)) / period) % 2
     return colour * (1 - (1 - shade) * stripe)[:, None]
-
-
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """Int64 ``[N, 4]`` (x1, y1, x2, y2) pixel-edge boxes of non-empty uint8 ``masks`` ``[N, H, W]``."""
-    boxes = np.zeros((len(masks), 4), dtype=np.int64)
-    for i, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        boxes[i] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
-    return boxes

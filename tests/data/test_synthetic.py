@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mrrcnn.cli import main
 from mrrcnn.data import CLASSES, CocoDetection, huddled, make_synthetic
-from mrrcnn.data.synthetic import MIN_VISIBLE_PIXELS
+from mrrcnn.data.synthetic import MIN_VISIBLE_PIXELS, _Crop, _encode
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,9 @@ def test_same_seed_same_bytes(tmp_path, small):
         ({"image_size": 32}, "image_size"),
         ({"crowding": 1.5}, "crowding"),
         ({"num_val": -1}, "num_val"),
+        ({"object_size": 32}, "object_size"),
+        ({"object_size": 161}, "object_size"),
+        ({"object_size": 100.0}, "object_size"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, problem):
@@ -137,3 +141,56 @@ def test_uniform_appearance_one_fill_per_image_and_outlines(tmp_path):
             assert pixels[mask & ~inner].mean() < pixels[inner].mean()
     with pytest.raises(ValueError, match="appearance must be one of"):
         make_synthetic(tmp_path, 1, 0, appearance="plain")
+
+
+def _counts_and_areas(annotation_file):
+    coco = json.loads(annotation_file.read_text())
+    return len(coco["annotations"]) / len(coco["images"]), np.mean([a["area"] for a in coco["annotations"]])
+
+
+def test_object_size_keeps_shape_sizes_and_density(tmp_path, moderate):
+    out, _ = moderate
+    count, area = _counts_and_areas(out / "annotations" / "train.json")
+    summary = make_synthetic(tmp_path, num_train=4, num_val=0, seed=0, image_size=512, object_size=160)
+    large_count, large_area = _counts_and_areas(tmp_path / "annotations" / "train.json")
+    assert 1 / 1.5 < large_area / area < 1.5
+    # As many instances per pixel: about (512 / 160)**2 = 10.24 times as many per image.
+    assert 7 < large_count / count < 14
+    assert 0.3 < summary["train"]["huddled_fraction"] < 0.7
+    assert json.loads((tmp_path / "annotations" / "train.json").read_text())["info"]["object_size"] == 160
+    assert "object_size" not in json.loads((out / "annotations" / "train.json").read_text())["info"]
+
+
+@pytest.mark.parametrize("size", [7, 64])
+def test_crop_rles_match_whole_mask_rles(size):
+    rng = np.random.default_rng(size)
+    for _ in range(50):
+        # Windows anywhere, those touching the image's edges and corners included.
+        y0, x0 = rng.integers(0, size, 2) * rng.integers(0, 2, 2)
+        height, width = rng.integers(1, size - y0 + 1), rng.integers(1, size - x0 + 1)
+        crop = _Crop(int(y0), int(x0), rng.uniform(size=(height, width)) < rng.choice([0.1, 0.5, 0.95]))
+        whole = np.zeros((size, size), dtype=np.uint8, order="F")
+        whole[crop.window] = crop.mask
+        assert _encode(crop, size) == mask_util.encode(whole)
+
+
+def test_cli_object_size(capsys, tmp_path):
+    argv = [
+        "synth",
+        str(tmp_path),
+        "--train",
+        "1",
+        "--val",
+        "0",
+        "--image-size",
+        "512",
+        "--object-size",
+        "160",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("train: 1 images, ")
+    coco = json.loads((tmp_path / "annotations" / "train.json").read_text())
+    assert coco["info"]["object_size"] == 160 and coco["images"][0]["width"] == 512
+    assert np.asarray(Image.open(tmp_path / "train" / "000000.png")).shape == (512, 512, 3)
+    assert main(["synth", str(tmp_path), "--image-size", "96", "--object-size", "160"]) == 2
+    assert "object_size" in capsys.readouterr().err
