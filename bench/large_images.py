@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".cache" / "large_images")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "large_images.md")
     parser.add_argument(
-        "--iterations", type=int, default=900, help="Mask R-CNN's; MR R-CNN fine-tunes a third"
+        "--iterations", type=int, default=600, help="Mask R-CNN's; MR R-CNN fine-tunes a third"
     )
     parser.add_argument("--measure", nargs=3, metavar=("WEIGHTS", "MP", "VAL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
