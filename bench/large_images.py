@@ -4,7 +4,7 @@ time and memory against the image's area.
     python bench/large_images.py                 # writes docs/benchmarks/large_images.md
     python bench/large_images.py --iterations 50 # a quick check of the script (models too short to mean much)
 
-Data: ``mrrcnn synth`` images of 1024 px (training) and 2048 px (evaluation) with the shapes of its 160-px
+Data: ``mrrcnn synth`` images of 512 px (training, 24) and 2048 px (evaluation, 2) with the shapes of its 160-px
 images (``--object-size 160``), hundreds of touching instances each. Models: the small Mask R-CNN from
 scratch and MR R-CNN fine-tuned from it, trained on random 256-px crops (``data.crop_size=256``) in
 ``model.resize=scale`` mode at ``model.scale=1``, so a whole image is seen at the training scale.
@@ -54,9 +54,9 @@ def _run(*args: str) -> None:
 
 
 def _data(work: Path) -> dict[str, Path]:
-    """Training images of 1024 px and evaluation images of 2048 px, made once."""
+    """Training images of 512 px and evaluation images of 2048 px, made once."""
     splits = {
-        "train": (work / "train_data", "1024", ["--train", "8", "--val", "0"]),
+        "train": (work / "train_data", "512", ["--train", "24", "--val", "0"]),
         "val": (work / "val_data", "2048", ["--train", "0", "--val", "2"]),
     }
     for folder, size, counts in splits.values():

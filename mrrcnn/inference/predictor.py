@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 # The smallest side an image may have once the model has resized it: the backbone's coarsest stride.
 MIN_RESIZED_SIDE = 32
-# Bytes one forward pass holds per model-input pixel, for the memory check: backbone and FPN activations
-# (a few hundred bytes a pixel for ResNet-FPN) and torchvision's mask probabilities pasted at input size
-# (4 bytes a pixel per detection).
+# What one forward pass holds, for the memory check: backbone and FPN activations, a few hundred bytes per
+# model-input pixel for ResNet-FPN, and torchvision's mask probabilities, pasted at the size of the image
+# given (float32: 4 bytes a pixel per detection).
 _ACTIVATION_BYTES_PER_PIXEL = 512
 _MASK_BYTES_PER_PIXEL = 4
 
@@ -200,17 +200,18 @@ class Predictor:
         tiled = self._scale is not None
         side = self.config["eval"]["tile_size"] if tiled else math.inf
         seen_w, seen_h = int(min(width * factor, side)), int(min(height * factor, side))
+        # torchvision pastes every detection's mask at the size of the image it was given (a tile's).
+        pasted = (seen_w / factor) * (seen_h / factor)
         cap = self.model.roi_heads.detections_per_img
-        need, have = (
-            seen_w * seen_h * (_ACTIVATION_BYTES_PER_PIXEL + _MASK_BYTES_PER_PIXEL * cap),
-            _memory(self.device),
-        )
+        need = seen_w * seen_h * _ACTIVATION_BYTES_PER_PIXEL + pasted * _MASK_BYTES_PER_PIXEL * cap
+        have = _memory(self.device)
         if need > have:
-            change = "eval.tile_size" if tiled else keys
+            change = "eval.tile_size" if tiled else f"{keys}, or predict in tiles (model.resize=scale)"
             raise ValueError(
                 f"{name}: this {width}x{height} image is seen as {seen_w}x{seen_h} px per forward pass ({keys}"
-                f"{'=' + format(factor, 'g') if tiled else ''}), which would need about {need / 2**30:.1f} GiB, more "
-                f"than the {have / 2**30:.1f} GiB of {self.device}; lower {change} or model.box_detections_per_img"
+                f"{'=' + format(factor, 'g') if tiled else ''}), which would need about {need / 2**30:.1f} GiB, "
+                f"more than the {have / 2**30:.1f} GiB of {self.device}; lower model.box_detections_per_img or "
+                f"{change}"
             )
 
 
