@@ -41,12 +41,11 @@ def matching_section() -> str:
         verdicts[key] = verdict(differences)
         cells = " | ".join(mean_std(v) for v in values.values())
         lines.append(f"| {label} | {cells} | {verdicts[key]} |")
-    command = next(iter(seeds.values()))["mrrcnn"].get("command", "python -m mrrcnn demo --seed S")
     return f"""## Matching metrics at demo size
 
 Does MR R-CNN's gain over its equal-compute control hold by the metrics stardist and cellpose users
 compare by? One `mrrcnn demo` per seed (seeds {", ".join(map(str, seeds))}: 240 + 60 synthetic images of
-160 px, `{command}` with each seed), scored by `mrrcnn eval`'s matching metrics: detections scoring at
+160 px, `mrrcnn demo --out WORK/seedS --seed S`), scored by `mrrcnn eval`'s matching metrics: detections scoring at
 least 0.5 painted into a label image, matched one to one by mask IoU, counts summed over the val images
 (docs/method.md, "Matching metrics and the touching split"); touching: instances whose mask comes within
 2 px of another's. Percent, mean ± standard deviation over the seeds; the difference is MR R-CNN minus
