@@ -84,6 +84,19 @@ def test_synth(capsys, tmp_path):
     )
 
 
+def test_synth_object_size(capsys, tmp_path):
+    """A large image of usual-size instances; an object size above the image size names the option."""
+    argv = ["synth", tmp_path, "--train", 1, "--val", 0, "--image-size", 512, "--object-size", 160]
+    status, out, _ = run(capsys, *argv)
+    assert status == 0 and out.startswith("train: 1 images, ")
+    coco = json.loads((tmp_path / "annotations" / "train.json").read_text())
+    assert coco["info"]["object_size"] == 160 and coco["images"][0]["width"] == 512
+    assert np.asarray(Image.open(tmp_path / "train" / "000000.png")).shape == (512, 512, 3)
+    assert_error(
+        run(capsys, "synth", tmp_path, "--image-size", 96, "--object-size", 160), "synth", "object_size"
+    )
+
+
 def test_convert_label_images_then_train_on_them(capsys, tmp_path):
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()

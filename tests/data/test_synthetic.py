@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from mrrcnn.cli import main
 from mrrcnn.data import CLASSES, CocoDetection, huddled, make_synthetic
 from mrrcnn.data.synthetic import MIN_VISIBLE_PIXELS, _Crop, _encode
 
@@ -172,25 +171,3 @@ def test_crop_rles_match_whole_mask_rles(size):
         whole = np.zeros((size, size), dtype=np.uint8, order="F")
         whole[crop.window] = crop.mask
         assert _encode(crop, size) == mask_util.encode(whole)
-
-
-def test_cli_object_size(capsys, tmp_path):
-    argv = [
-        "synth",
-        str(tmp_path),
-        "--train",
-        "1",
-        "--val",
-        "0",
-        "--image-size",
-        "512",
-        "--object-size",
-        "160",
-    ]
-    assert main(argv) == 0
-    assert capsys.readouterr().out.startswith("train: 1 images, ")
-    coco = json.loads((tmp_path / "annotations" / "train.json").read_text())
-    assert coco["info"]["object_size"] == 160 and coco["images"][0]["width"] == 512
-    assert np.asarray(Image.open(tmp_path / "train" / "000000.png")).shape == (512, 512, 3)
-    assert main(["synth", str(tmp_path), "--image-size", "96", "--object-size", "160"]) == 2
-    assert "object_size" in capsys.readouterr().err
