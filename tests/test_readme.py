@@ -23,3 +23,15 @@ def test_the_export_example_reads_a_checkpoint_that_a_command_shown_writes():
     out = inspect.signature(demo.run_demo).parameters["out_dir"].default
     assert "\nmrrcnn demo" in README
     assert weights in {str(Path(out) / folder / "final.pth") for _, folder, _, _ in demo.RUNS}
+
+
+def test_ci_runs_the_readmes_test_command_in_a_virtual_environment_it_makes():
+    command = README.split("The tests:")[1].split("```")[1].removeprefix("bash").strip()
+    lines = [line.strip() for line in (CONFIG_DIR.parents[1] / ".ci" / "run").read_text().splitlines()]
+    # The command as it is, but that .ci/run stops where it fails (set -e alone does not, in an && list).
+    (at,) = (i for i, line in enumerate(lines) if line.removesuffix(" || exit") == command)
+    venv = next(i for i, line in enumerate(lines) if " -m venv " in line)
+    activate = next(
+        i for i, line in enumerate(lines) if line.startswith("source ") and "/bin/activate" in line
+    )
+    assert venv < activate < at
